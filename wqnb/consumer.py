@@ -1,0 +1,378 @@
+"""A consumer: a prefetch buffer filled from one queue, and a pool of workers emptying it.
+
+::
+
+    driver ──take──► buffer (≤ prefetch) ──► worker 0..concurrency-1 ──► handler
+                                                     │
+                                        ack / nack ◄─┘ (requeue · dead_letter)
+
+* A *fetcher* task waits on the queue when it is empty and moves up to the buffer's free
+  room into it (a batched fetch). When the queue has a backlog, a worker that frees a
+  slot tops the buffer up itself (``take_nowait``): no task switch per message.
+* Invariant, on every driver: ``buffered ≤ prefetch``, ``busy ≤ concurrency``, so
+  ``unsettled ≤ prefetch + concurrency``.
+* Settle is single-shot (:class:`~wqnb.message.Delivery`). Nack requeues at the tail with
+  ``attempt + 1``, after ``requeue_delay`` if set, or moves the message to the queue's
+  ``dead_letter`` queue once ``max_attempts`` deliveries have failed.
+* Stop: no more intake; buffered messages go back to the head of the queue in order;
+  running handlers get ``stop_timeout`` to finish, then are cancelled and their messages
+  requeued at the head. Nothing is lost, and every step is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .durations import format_duration
+from .message import Delivery, Message
+from .timeline import (
+    EV_ACK,
+    EV_DEAD_LETTER,
+    EV_DELIVER,
+    EV_NACK,
+    EV_REQUEUE,
+    EV_START,
+)
+
+if TYPE_CHECKING:
+    from .drivers.base import Driver
+    from .handlers.base import Handler
+    from .registry import ConsumerEntry
+    from .runtime import Runtime
+
+__all__ = ["Consumer"]
+
+log = logging.getLogger("wqnb.consumer")
+
+
+class _Route:
+    """Where a queue lives: its driver and its index in the recorder's name table."""
+
+    __slots__ = ("queue_id", "driver", "qi", "depth", "dead_letter", "max_attempts")
+
+    def __init__(self, queue_id: str, driver: Driver, qi: int, depth: Callable[[], int]) -> None:
+        self.queue_id = queue_id
+        self.driver = driver
+        self.qi = qi
+        self.depth = depth
+        self.dead_letter: _Route | None = None
+        self.max_attempts: int | None = None
+
+
+class Consumer:
+    """Runs one ``queue.consumer`` entry. The runtime creates, starts and stops it."""
+
+    def __init__(self, entry: ConsumerEntry, route: _Route, handler: Handler, runtime: Runtime) -> None:
+        self.entry = entry
+        self.id = entry.id
+        self.route = route
+        self.handler = handler
+        self.runtime = runtime
+        self.concurrency = entry.concurrency
+        self.prefetch = entry.prefetch
+        rec = runtime.recorder
+        self._ci = rec.consumer_index(entry.id)
+        self._rec = rec
+        self._append = rec.rows.append  # the list is cleared on compaction, never replaced
+        self.buffer: deque[Message] = deque()
+        self.busy = 0
+        self.unsettled = 0
+        self.running = False
+        self._closing = False
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._room_waiter: asyncio.Future[None] | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._current: dict[int, Delivery] = {}
+        self._delayed: dict[asyncio.TimerHandle, Message] = {}
+        self._now: Callable[[], float] = time_unset
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.running:
+            return
+        loop = asyncio.get_running_loop()
+        self._now = loop.time
+        self._closing = False
+        self.running = True
+        self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
+        self._workers = [
+            loop.create_task(self._work(w), name=f"{self.id}:worker-{w}") for w in range(self.concurrency)
+        ]
+        log.info("consumer started", extra={"consumer": self.id, "queue": self.route.queue_id})
+
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Stop as DESIGN §3 says. Returns False if handlers had to be interrupted."""
+        if not self.running:
+            return True
+        timeout = self.entry.lifecycle.stop_timeout if timeout is None else timeout
+        self._closing = True
+        # 1. no more intake
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+            self._fetcher = None
+        # 2. buffered messages that no worker started: back to the head, in order
+        self._return_buffered()
+        # 3. idle workers leave; delayed requeues land now
+        while self._idle:
+            w = self._idle.popleft()
+            if not w.done():
+                w.set_result(None)
+        self._flush_delayed()
+        # 4. running handlers may finish within the stop timeout
+        clean = True
+        pending = [w for w in self._workers if not w.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            if still:
+                clean = False
+                for task in still:
+                    task.cancel()
+                await asyncio.gather(*still, return_exceptions=True)
+        self._flush_delayed()
+        self._workers = []
+        self.running = False
+        self.runtime._notify_settled()
+        log.info("consumer stopped", extra={"consumer": self.id, "clean": clean})
+        return clean
+
+    # -- intake ---------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        route = self.route
+        take = route.driver.take
+        buffer = self.buffer
+        while not self._closing:
+            room = self.prefetch - len(buffer)
+            if room <= 0:
+                fut = self._room_waiter = loop.create_future()
+                try:
+                    await fut
+                finally:
+                    self._room_waiter = None
+                continue
+            messages = await take(route.queue_id, room)
+            self._deliver(messages)
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Messages taken from the queue enter the buffer: one ``deliver`` row each."""
+        buffer = self.buffer
+        rows = self._rec.rows
+        now = self._now()
+        qi, ci = self.route.qi, self._ci
+        depth = self.route.depth() + len(messages)
+        for m in messages:
+            buffer.append(m)
+            self.unsettled += 1
+            depth -= 1
+            rows.append((now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
+        idle = self._idle
+        for _ in messages:
+            if not idle:
+                break
+            w = idle.popleft()
+            if not w.done():
+                w.set_result(None)
+
+    def _refill(self) -> None:
+        """A worker freed a buffer slot: top up from the queue now, or wake the fetcher."""
+        waiter = self._room_waiter
+        if waiter is None:
+            return
+        room = self.prefetch - len(self.buffer)
+        got = self.route.driver.take_nowait(self.route.queue_id, room)
+        if got:
+            self._deliver(got)
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    # -- work -------------------------------------------------------------------------------
+    async def _work(self, w: int) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = self.buffer
+        route = self.route
+        qi, ci = route.qi, self._ci
+        depth = route.depth
+        handler = self.handler
+        timeout = self.entry.timeout
+        queue_id, consumer_id = route.queue_id, self.id
+        while True:
+            if not buffer:
+                if self._closing:
+                    return
+                fut = loop.create_future()
+                self._idle.append(fut)
+                await fut
+                continue
+            if self._closing:
+                return
+            msg = buffer.popleft()
+            self.busy += 1
+            self._append(
+                (self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
+            )
+            if self._room_waiter is not None:
+                self._refill()
+            d = Delivery(msg, queue_id, consumer_id, w, self)
+            self._current[w] = d
+            try:
+                if timeout is None:
+                    await handler(d)
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await handler(d)
+                    except TimeoutError as e:
+                        if d.settled is None:
+                            raise TimeoutError(f"handler timed out after {format_duration(timeout)}") from e
+                        raise
+            except asyncio.CancelledError:
+                # Only stop() cancels workers: the handler was interrupted; requeue at the head.
+                d.released = True
+                self._current.pop(w, None)
+                self.busy -= 1
+                if d.settled is None:
+                    d.settled = "interrupted"
+                    self.unsettled -= 1
+                    msg.attempt += 1
+                    self._requeue([msg], front=True, worker=w)
+                raise
+            except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
+                d.released = True
+                self.busy -= 1
+                if d.settled is None:
+                    d.settled = "nack"
+                    await self._nack(d, _error_text(exc))
+            else:
+                d.released = True
+                self.busy -= 1
+                if d.settled is None:
+                    d.settled = "ack"
+                    await self._ack(d)
+            self._current.pop(w, None)
+
+    # -- settling (Delivery calls these too) -----------------------------------------------------
+    async def _ack(self, d: Delivery) -> None:
+        msg = d.message
+        route = self.route
+        self.unsettled -= 1
+        if not route.driver.ack_is_noop:
+            await route.driver.ack(route.queue_id, [msg])
+        self._append(
+            (self._now(), EV_ACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, 0,
+             route.depth(), len(self.buffer), self.busy, self.unsettled)
+        )
+        if self.unsettled == 0:
+            self.runtime._notify_settled()
+
+    async def _nack(self, d: Delivery, error: str) -> None:
+        msg = d.message
+        route = self.route
+        self.unsettled -= 1
+        rec = self._rec
+        now = self._now()
+        self._append(
+            (now, EV_NACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, rec.error_index(error),
+             route.depth(), len(self.buffer), self.busy, self.unsettled)
+        )
+        dl = route.dead_letter
+        if dl is not None and route.max_attempts is not None and msg.attempt >= route.max_attempts:
+            self._dead_letter(msg, error, d.worker)
+        elif self.entry.requeue_delay > 0 and not self._closing:
+            msg.attempt += 1
+            handle = asyncio.get_running_loop().call_later(self.entry.requeue_delay, self._land_delayed, msg)
+            self._delayed[handle] = msg
+        else:
+            msg.attempt += 1
+            self._requeue([msg], front=False, worker=d.worker)
+        if self.unsettled == 0:
+            self.runtime._notify_settled()
+
+    def _dead_letter(self, msg: Message, error: str, worker: int) -> None:
+        route = self.route
+        dl = route.dead_letter
+        assert dl is not None
+        msg.headers = {
+            **msg.headers,
+            "attempts": msg.attempt,
+            "x_original_queue": route.queue_id,
+            "x_dead_letter_reason": error,
+            "x_dead_letter_time": self.runtime.unix_time(),
+        }
+        msg.attempt = 1
+        dl.driver.requeue(dl.queue_id, [msg], front=False)
+        self._append(
+            (self._now(), EV_DEAD_LETTER, dl.qi, self._ci, worker, msg.seq, 1, 0,
+             dl.depth(), len(self.buffer), self.busy, self.unsettled)
+        )
+
+    def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1) -> None:
+        route = self.route
+        route.driver.requeue(route.queue_id, messages, front=front)
+        rows = self._rec.rows
+        now = self._now()
+        depth = route.depth() - len(messages)
+        for m in messages:
+            depth += 1
+            rows.append((now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
+                         depth, len(self.buffer), self.busy, self.unsettled))
+
+    def _land_delayed(self, msg: Message) -> None:
+        for handle, m in list(self._delayed.items()):
+            if m is msg:
+                del self._delayed[handle]
+                break
+        self._requeue([msg], front=False)
+        self.runtime._notify_settled()
+
+    def _flush_delayed(self) -> None:
+        """Stop: messages waiting out their ``requeue_delay`` are requeued right away."""
+        delayed, self._delayed = self._delayed, {}
+        for handle, msg in delayed.items():
+            handle.cancel()
+            self._requeue([msg], front=False)
+
+    def _return_buffered(self) -> None:
+        if not self.buffer:
+            return
+        messages = list(self.buffer)
+        self.buffer.clear()
+        self.unsettled -= len(messages)
+        route = self.route
+        route.driver.requeue(route.queue_id, messages, front=True)
+        rows = self._rec.rows
+        now = self._now()
+        depth = route.depth() - len(messages)
+        for m in messages:
+            depth += 1
+            rows.append((now, EV_REQUEUE, route.qi, self._ci, -1, m.seq, m.attempt, 0,
+                         depth, 0, self.busy, self.unsettled))
+
+    # -- gauges ---------------------------------------------------------------------------------
+    @property
+    def delayed(self) -> int:
+        return len(self._delayed)
+
+    def idle(self) -> bool:
+        """Nothing in hand: no unsettled delivery and no delayed requeue pending."""
+        return self.unsettled == 0 and not self._delayed
+
+    def __repr__(self) -> str:
+        return (
+            f"<Consumer {self.id} concurrency={self.concurrency} prefetch={self.prefetch} "
+            f"buffered={len(self.buffer)} busy={self.busy} unsettled={self.unsettled}>"
+        )
+
+
+def time_unset() -> float:
+    raise RuntimeError("consumer not started")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__

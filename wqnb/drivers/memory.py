@@ -1,0 +1,162 @@
+"""``queue.driver.memory``: a bounded FIFO per queue, in this process, on the running loop.
+
+Like Wippy's driver (a Go buffered channel per queue): FIFO, capacity ``max_length``
+(default 1000), publishers wait while a queue is full, several consumers on one queue
+compete (each message goes to exactly one). Unlike it, nothing is lost: requeues ignore
+the capacity, a stopped driver keeps its queues, and messages survive a restart of the
+runtime for as long as the process lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import QueueFull, QueueNotFound
+from ..message import Message
+from .base import Driver, QueueSpec
+
+__all__ = ["MemoryDriver", "MemoryQueue"]
+
+
+class MemoryQueue:
+    """One queue: ready messages, and the futures of those waiting on it.
+
+    Waiters are woken with a bare signal (``set_result(None)``) and take messages
+    themselves after they resume, so a cancelled waiter can never lose a message.
+    """
+
+    __slots__ = ("spec", "capacity", "ready", "_takers", "_putters")
+
+    def __init__(self, spec: QueueSpec) -> None:
+        self.spec = spec
+        self.capacity = spec.max_length
+        self.ready: deque[Message] = deque()
+        self._takers: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+
+    def _wake_one(self, waiters: deque[asyncio.Future[None]]) -> None:
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    def append(self, message: Message) -> None:
+        self.ready.append(message)
+        if self._takers:
+            self._wake_one(self._takers)
+
+    def take_nowait(self, n: int) -> list[Message]:
+        ready = self.ready
+        if not ready:
+            return []
+        if n == 1 or len(ready) == 1:
+            out = [ready.popleft()]
+        else:
+            out = [ready.popleft() for _ in range(min(n, len(ready)))]
+        if self._putters:
+            for _ in range(len(out)):
+                self._wake_one(self._putters)
+        if ready and self._takers:
+            self._wake_one(self._takers)  # more left: let another consumer have some
+        return out
+
+    async def wait_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.ready:
+            fut = loop.create_future()
+            self._takers.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and self.ready:
+                    self._wake_one(self._takers)  # pass the signal on, nothing is lost
+                raise
+
+    async def wait_room(self) -> bool:
+        """Wait until the queue has room; return True if it had to wait."""
+        if len(self.ready) < self.capacity:
+            return False
+        loop = asyncio.get_running_loop()
+        while len(self.ready) >= self.capacity:
+            fut = loop.create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and len(self.ready) < self.capacity:
+                    self._wake_one(self._putters)
+                raise
+        return True
+
+
+class MemoryDriver(Driver):
+    """Queues in this process. Publishing works before ``start`` (as in Wippy)."""
+
+    kind = "queue.driver.memory"
+    ack_is_noop = True
+
+    def __init__(self, id: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(id, options)
+        self.queues: dict[str, MemoryQueue] = {}
+
+    def declare(self, spec: QueueSpec) -> None:
+        q = self.queues.get(spec.id)
+        if q is None:
+            self.queues[spec.id] = MemoryQueue(spec)
+        else:
+            q.spec = spec  # Wippy: a redeclare swaps the config and keeps the backlog
+
+    def has_queue(self, queue_id: str) -> bool:
+        return queue_id in self.queues
+
+    def _queue(self, queue_id: str) -> MemoryQueue:
+        try:
+            return self.queues[queue_id]
+        except KeyError:
+            raise QueueNotFound(f"queue not found: {queue_id}") from None
+
+    async def publish(self, queue_id: str, message: Message) -> bool:
+        q = self._queue(queue_id)
+        waited = False
+        if len(q.ready) >= q.capacity:
+            waited = await q.wait_room()
+        q.append(message)
+        return waited
+
+    def room(self, queue_id: str) -> bool:
+        q = self._queue(queue_id)
+        return len(q.ready) < q.capacity
+
+    def publish_nowait(self, queue_id: str, message: Message) -> None:
+        q = self._queue(queue_id)
+        if len(q.ready) >= q.capacity:
+            raise QueueFull(f"queue is full: {queue_id} holds max_length={q.capacity} messages")
+        q.append(message)
+
+    def take_nowait(self, queue_id: str, max_messages: int) -> list[Message]:
+        return self._queue(queue_id).take_nowait(max_messages)
+
+    async def take(self, queue_id: str, max_messages: int) -> list[Message]:
+        q = self._queue(queue_id)
+        while True:
+            if q.ready:
+                return q.take_nowait(max_messages)
+            await q.wait_ready()
+
+    def requeue(self, queue_id: str, messages: Sequence[Message], *, front: bool) -> None:
+        q = self._queue(queue_id)
+        if front:
+            q.ready.extendleft(reversed(messages))
+        else:
+            q.ready.extend(messages)
+        for _ in messages:
+            if not q._takers:
+                break
+            q._wake_one(q._takers)
+
+    def depth(self, queue_id: str) -> int:
+        return len(self._queue(queue_id).ready)

@@ -1,0 +1,69 @@
+"""The one contract between the consumer and a handler, whatever language it is in.
+
+A handler is an async callable taking a :class:`~wqnb.message.Delivery`:
+
+* it returns normally → the consumer acks the delivery;
+* it raises → the consumer nacks it, and the timeline's ``error`` column holds ``str(exc)``
+  (a Lua handler's ``return nil, err`` raises :class:`~wqnb.errors.HandlerError(err)`);
+* it may settle early with ``await delivery.ack()`` / ``await delivery.nack(reason)``;
+  the consumer then leaves the delivery alone (settle is single-shot).
+
+Handlers are built once per function entry, before anything runs, from a
+:class:`FunctionSpec` and the :class:`HandlerServices` the runtime lends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..message import Delivery
+
+__all__ = ["FunctionSpec", "Handler", "HandlerServices"]
+
+
+class Handler(Protocol):
+    async def __call__(self, delivery: Delivery) -> None: ...
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A ``function.lua`` or ``function.python`` entry, parsed.
+
+    ``source`` is the code (Lua) or ``module:attr`` (Python); ``source_file`` is the file
+    the code came from (``file://`` sources, resolved against the YAML file), or ``None``
+    for inline code, and is what error messages name.
+    """
+
+    id: str
+    kind: str
+    source: str
+    source_file: Path | None = None
+    yaml_file: Path | None = None
+    method: str | None = None
+    modules: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunk_name(self) -> str:
+        """The name Lua error messages start with: the file name, or the entry id."""
+        return self.source_file.name if self.source_file else self.id
+
+
+@dataclass
+class HandlerServices:
+    """What the runtime lends handlers: Lua's ``queue`` and ``time`` modules use these.
+
+    ``publish(queue_id, body, headers)`` waits while the queue is full and returns the
+    message id; it raises :class:`~wqnb.errors.QueueNotFound` for an unknown queue.
+    ``queue_info(queue_id)`` returns ``{"message_count": n, "ready": n, ...}``.
+    ``now()`` is Unix time in seconds on the runtime's clock (virtual time in ``simulate``).
+    ``sleep(seconds)`` suspends only the caller, on the same clock.
+    """
+
+    publish: Callable[[str, Any, dict[str, Any] | None], Awaitable[str]]
+    queue_info: Callable[[str], dict[str, Any]]
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]

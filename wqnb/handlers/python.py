@@ -1,0 +1,106 @@
+"""Python handlers: plain callables, sync or async, taking the body (and the delivery).
+
+* ``fn(body)`` or ``fn(body, message)``: the second parameter, when the function has
+  one, receives the :class:`~wqnb.message.Delivery` (id, headers, attempt, ack, nack).
+* An ``async def`` runs on the loop. A plain ``def`` runs in a worker thread on real
+  time, so a blocking call (``time.sleep``, an HTTP request) does not freeze the notebook
+  or the other workers; on virtual time it runs inline (threads would make a run
+  non-deterministic, and virtual time models waiting with ``await asyncio.sleep``).
+  ``offload=False`` runs a cheap sync function inline on real time too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ..message import Delivery
+from .base import FunctionSpec, Handler
+
+__all__ = ["python_handler", "import_callable"]
+
+
+def _wants_message(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    params = [
+        p for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(params) >= 2 or "message" in sig.parameters or any(
+        p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()
+    )
+
+
+def python_handler(fn: Callable[..., Any], *, offload: bool) -> Handler:
+    """Adapt ``fn`` to the handler contract (``await handler(delivery)``)."""
+    if not callable(fn):
+        raise TypeError(f"handler must be callable, got {fn!r}")
+    wants = _wants_message(fn)
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        if wants:
+            async def handle(d: Delivery) -> None:
+                await fn(d.message.body, d)
+        else:
+            async def handle(d: Delivery) -> None:
+                await fn(d.message.body)
+        return handle
+
+    if offload:
+        async def handle_in_thread(d: Delivery) -> None:
+            loop = asyncio.get_running_loop()
+            args = (d.message.body, d) if wants else (d.message.body,)
+            result = await loop.run_in_executor(None, fn, *args)
+            if inspect.isawaitable(result):
+                await result
+        return handle_in_thread
+
+    async def handle_inline(d: Delivery) -> None:
+        result = fn(d.message.body, d) if wants else fn(d.message.body)
+        if inspect.isawaitable(result):
+            await result
+    return handle_inline
+
+
+def import_callable(spec: FunctionSpec) -> Callable[..., Any]:
+    """Resolve a ``function.python`` entry's ``source: module:attr``."""
+    module_name, sep, attr = spec.source.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"source must be 'module:attr', got {spec.source!r}", entry=spec.id, field="source",
+            file=str(spec.yaml_file) if spec.yaml_file else None,
+        )
+    import sys
+
+    added = False
+    if spec.yaml_file is not None and str(spec.yaml_file.parent) not in sys.path:
+        sys.path.insert(0, str(spec.yaml_file.parent))  # modules beside the YAML file
+        added = True
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"cannot import module {module_name!r}: {e}", entry=spec.id, field="source",
+            file=str(spec.yaml_file) if spec.yaml_file else None,
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(str(spec.yaml_file.parent))
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r}", entry=spec.id, field="source",
+                file=str(spec.yaml_file) if spec.yaml_file else None,
+            ) from None
+    if not callable(obj):
+        raise ConfigError(f"{spec.source} is not callable", entry=spec.id, field="source")
+    return obj

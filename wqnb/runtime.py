@@ -1,0 +1,447 @@
+"""The :class:`Runtime`: wires entries into drivers, queues and consumers, and runs them.
+
+It is event-loop aware: every method that waits is ``async`` and runs on whichever loop
+calls it: a Jupyter kernel's (top-level ``await``; the runtime keeps running between
+cells), ``asyncio.run``'s in a script, or a :class:`~wqnb.clock.VirtualTimeLoop` in
+:func:`wqnb.simulate`. Code without a loop uses :meth:`Runtime.sync`, which runs the
+runtime on a private loop in a background thread (works in a notebook cell too, with no
+``nest_asyncio``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .clock import is_virtual
+from .consumer import Consumer, _Route
+from .drivers.base import Driver, QueueSpec
+from .drivers.memory import MemoryDriver
+from .errors import ConfigError, QueueFull, QueueNotFound, RuntimeStateError, StopTimeout
+from .handlers.base import FunctionSpec, Handler, HandlerServices
+from .handlers.python import import_callable, python_handler
+from .message import IdSource, Message, encode_body
+from .registry import ConsumerEntry, DriverEntry, Registry
+from .timeline import EV_PUBLISH, EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
+
+__all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
+
+T = TypeVar("T")
+
+#: Driver classes by entry kind; the Redis and AMQP drivers add themselves when imported.
+DRIVERS: dict[str, type[Driver]] = {"queue.driver.memory": MemoryDriver}
+
+#: Unix time at virtual t = 0, so that virtual runs are identical whatever the date.
+VIRTUAL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+class Runtime:
+    """An app of YAML entries, running on the current event loop.
+
+    >>> rt = Runtime.from_yaml_string(APP)                     # doctest: +SKIP
+    >>> rt.register_function("app.queue:task_handler", handle)  # doctest: +SKIP
+    >>> await rt.start(); await rt.publish("app.queue:tasks", {"id": 1})  # doctest: +SKIP
+    >>> await rt.drain(); await rt.stop(); rt.timeline.df        # doctest: +SKIP
+    """
+
+    def __init__(self, registry: Registry | None = None, *, recorder: Recorder | None = None) -> None:
+        self.registry = registry or Registry()
+        self.registry.check()
+        self.recorder = recorder or Recorder()
+        self._ids = IdSource()
+        self.recorder.id_prefix = self._ids.prefix
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._offload: dict[str, bool | None] = {}
+        self.drivers: dict[str, Driver] = {}
+        self.routes: dict[str, _Route] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self._started: list[str] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unix0 = 0.0
+        self.state = "created"
+        self._wire()
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, *paths: str | Path | Iterable[str | Path]) -> Runtime:
+        """Load YAML files and/or folders (every ``.yaml``/``.yml``/``.json`` below them)."""
+        flat: list[str | Path] = []
+        for p in paths:
+            flat.extend([p] if isinstance(p, (str, Path)) else p)
+        if not flat:
+            raise ConfigError("from_yaml needs at least one file or folder")
+        return cls(Registry().load(flat))
+
+    @classmethod
+    def from_yaml_string(cls, text: str, base_dir: str | Path = ".", *, name: str = "<string>") -> Runtime:
+        """Load entries from YAML text; ``file://`` sources resolve against ``base_dir``."""
+        return cls(Registry().load_string(text, base_dir=base_dir, name=name))
+
+    def _wire(self) -> None:
+        reg = self.registry
+        for d in reg.drivers:
+            cls = DRIVERS.get(d.kind)
+            if cls is None:
+                _load_driver_module(d)
+                cls = DRIVERS[d.kind]
+            self.drivers[d.id] = cls(d.id, d.options)
+        for q in reg.queues:
+            self._declare(q.id, self.drivers[q.driver], q.max_length, q.dead_letter, q.max_attempts)
+        for q in reg.queues:
+            if q.dead_letter:
+                route = self.routes[q.id]
+                route.dead_letter = self.routes[q.dead_letter]
+                route.max_attempts = q.max_attempts
+        for f in reg.functions:
+            if f.kind == "function.lua":
+                _check_lua(f)
+
+    def _declare(self, queue_id: str, driver: Driver, max_length: int, dead_letter: str | None,
+                 max_attempts: int | None) -> None:
+        driver.declare(QueueSpec(queue_id, max_length, dead_letter, max_attempts))
+        qi = self.recorder.queue_index(queue_id)
+        depth: Callable[[], int]
+        if isinstance(driver, MemoryDriver):
+            depth = driver.queues[queue_id].ready.__len__
+        else:
+            depth = lambda: driver.depth(queue_id)  # noqa: E731
+        self.routes[queue_id] = _Route(queue_id, driver, qi, depth)
+        self.recorder.queues[queue_id] = QueueInfo(queue_id, max_length, dead_letter, max_attempts)
+
+    def register_function(self, function_id: str, fn: Callable[..., Any], *, offload: bool | None = None) -> None:
+        """Use a Python callable for ``function_id`` (a consumer's ``func``).
+
+        ``fn(body)`` or ``fn(body, message)``, sync or async. A sync function runs in a
+        thread on real time unless ``offload=False``; see :mod:`wqnb.handlers.python`.
+        """
+        if not callable(fn):
+            raise TypeError(f"register_function({function_id!r}, ...): expected a callable, got {fn!r}")
+        if ":" not in function_id:
+            raise ValueError(f"function id must be 'namespace:name', got {function_id!r}")
+        self._functions[function_id] = fn
+        self._offload[function_id] = offload
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self, *entry_ids: str) -> None:
+        """Start the ``auto_start`` drivers and consumers (or the ones named), in dependency order.
+
+        Every consumer's ``func`` is resolved first, so a missing function fails here,
+        naming the consumer and the field, before anything runs.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop and self.state == "running":
+            raise RuntimeStateError("this runtime is running on another event loop")
+        self._bind(loop)
+        order = self.registry.start_order()
+        wanted = set(entry_ids) if entry_ids else None
+        if wanted:
+            unknown = wanted - set(order)
+            if unknown:
+                raise ConfigError(f"no such entry: {', '.join(sorted(unknown))}")
+        to_start = [
+            eid for eid in order
+            if isinstance(self.registry.entries[eid], (DriverEntry, ConsumerEntry))
+            and (eid in wanted if wanted else self.registry.entries[eid].lifecycle.auto_start)
+        ]
+        handlers = {
+            eid: self._handler_for(self.registry.entries[eid])
+            for eid in to_start if isinstance(self.registry.entries[eid], ConsumerEntry)
+        }
+        for eid in to_start:
+            if eid in self._started:
+                continue
+            entry = self.registry.entries[eid]
+            if isinstance(entry, DriverEntry):
+                await self.drivers[eid].start()
+            else:
+                consumer = self.consumers.get(eid)
+                if consumer is None:
+                    consumer = self.consumers[eid] = Consumer(entry, self.routes[entry.queue], handlers[eid], self)
+                    self.recorder.consumers[eid] = ConsumerInfo(eid, entry.queue, entry.concurrency, entry.prefetch)
+                else:
+                    consumer.handler = handlers[eid]
+                await consumer.start()
+            self._started.append(eid)
+        self.state = "running"
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._now = loop.time
+        if self.recorder.t0 is None:
+            self.recorder.t0 = loop.time()
+            self._unix0 = VIRTUAL_EPOCH if is_virtual(loop) else time.time()
+        else:  # a new loop: keep the timeline's t continuous
+            pass
+
+    def _handler_for(self, c: ConsumerEntry) -> Handler:
+        fn = self._functions.get(c.func)
+        virtual = is_virtual(self._loop)
+        if fn is not None:
+            offload = self._offload.get(c.func)
+            return python_handler(fn, offload=(not virtual) if offload is None else (offload and not virtual))
+        spec = self.registry.entries.get(c.func)
+        if not isinstance(spec, FunctionSpec):
+            raise ConfigError(
+                f"function not found: {c.func} (neither a function entry nor registered with "
+                "rt.register_function)",
+                file=c.file, entry=c.id, field="func",
+            )
+        if spec.kind == "function.python":
+            offload = spec.options.get("offload")
+            return python_handler(import_callable(spec), offload=(not virtual) if offload is None else bool(offload) and not virtual)
+        try:
+            from .handlers.lua import load_lua_function
+        except ImportError as e:
+            raise ConfigError(
+                f"function.lua needs lupa: pip install 'wqnb[lua]' ({e})",
+                file=str(spec.yaml_file) if spec.yaml_file else None, entry=spec.id, field="kind",
+            ) from None
+        return load_lua_function(spec, self.services)
+
+    @property
+    def services(self) -> HandlerServices:
+        """What handlers may use: publish, queue info, the clock."""
+        return HandlerServices(
+            publish=self.publish, queue_info=self.queue_info, now=self.unix_time, sleep=asyncio.sleep
+        )
+
+    async def stop(self) -> None:
+        """Stop consumers (concurrently), then drivers, in reverse start order.
+
+        Raises :class:`~wqnb.errors.StopTimeout` naming the consumers whose handlers
+        were still running after their ``stop_timeout`` (their messages were requeued).
+        """
+        if self.state != "running":
+            return
+        consumers = [self.consumers[e] for e in reversed(self._started) if e in self.consumers]
+        results = await asyncio.gather(*(c.stop() for c in consumers))
+        for eid in reversed(self._started):
+            if eid in self.drivers:
+                await self.drivers[eid].stop()
+        self._started = []
+        self.state = "stopped"
+        self._notify_settled()
+        timed_out = [c for c, clean in zip(consumers, results, strict=True) if not clean]
+        if timed_out:
+            raise StopTimeout([c.id for c in timed_out], [c.entry.lifecycle.stop_timeout for c in timed_out])
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- publishing -----------------------------------------------------------------------------
+    def _route(self, queue_id: str) -> _Route:
+        route = self.routes.get(queue_id)
+        if route is None:
+            known = ", ".join(self.routes) or "none"
+            raise QueueNotFound(f"queue not found: {queue_id} (declared queues: {known})")
+        return route
+
+    def _message(self, body: Any, headers: dict[str, Any] | None) -> Message:
+        seq = self._ids.next_seq()
+        h = {"timestamp": int(self.unix_time())}
+        if headers:
+            h.update(headers)
+        return Message(f"{self._ids.prefix}{seq:012x}", seq, encode_body(body), h)
+
+    async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+        """Append a message; wait while the queue is full. Returns the message id.
+
+        ``str``/``bytes`` bodies travel unchanged; anything else is JSON-encoded once.
+        """
+        route = self._route(queue_id)
+        if self._loop is None:
+            self._bind(asyncio.get_running_loop())
+        msg = self._message(body, headers)
+        rec = self.recorder
+        if route.driver.room(queue_id):
+            route.driver.publish_nowait(queue_id, msg)
+        else:
+            rec.rows.append((self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+            await route.driver.publish(queue_id, msg)
+        rec.rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        if len(rec.rows) >= 32768:
+            rec.compact()
+        return msg.id
+
+    def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+        """Append a message now or raise :class:`~wqnb.errors.QueueFull` (for sync code on the loop)."""
+        route = self._route(queue_id)
+        if self._loop is None:
+            try:
+                self._bind(asyncio.get_running_loop())
+            except RuntimeError:
+                raise RuntimeStateError(
+                    "publish_nowait needs the runtime's event loop; call it from code running on "
+                    "that loop (a notebook cell, a widget callback), or use rt.sync()"
+                ) from None
+        if not route.driver.room(queue_id):
+            raise QueueFull(
+                f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
+            )
+        msg = self._message(body, headers)
+        route.driver.publish_nowait(queue_id, msg)
+        self.recorder.rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        self.recorder.maybe_compact()
+        return msg.id
+
+    # -- waiting for quiet -------------------------------------------------------------------------
+    def _drained(self) -> bool:
+        for c in self.consumers.values():
+            if c.running and (not c.idle() or c.route.depth() > 0):
+                return False
+        return True
+
+    def _notify_settled(self) -> None:
+        waiters = self._drain_waiters
+        if waiters and self._drained():
+            self._drain_waiters = []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the queues that running consumers read are empty and nothing is unsettled.
+
+        A queue nobody consumes (an unread dead-letter queue) is not waited for.
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while not self._drained():
+                fut = loop.create_future()
+                self._drain_waiters.append(fut)
+                await fut
+
+    # -- reading --------------------------------------------------------------------------------------
+    def queue_info(self, queue_id: str) -> dict[str, Any]:
+        """Wippy's ``queue.info``: ``message_count`` and ``ready``, plus wqnb's ``unsettled``."""
+        route = self._route(queue_id)
+        info = route.driver.info(queue_id)
+        info["unsettled"] = sum(c.unsettled for c in self.consumers.values() if c.route is route)
+        info["consumers"] = sum(1 for c in self.consumers.values() if c.route is route and c.running)
+        return info
+
+    def unix_time(self) -> float:
+        """Unix time on the runtime's clock (virtual runs start at 2026-01-01T00:00Z)."""
+        if self._loop is None:
+            return time.time()
+        return self._unix0 + (self._loop.time() - (self.recorder.t0 or 0.0))
+
+    @property
+    def timeline(self) -> Timeline:
+        """Every event so far, as a :class:`~wqnb.timeline.Timeline` (built on each access)."""
+        return self.recorder.timeline()
+
+    def sync(self) -> SyncRuntime:
+        """A blocking facade running this runtime on a private loop in a thread."""
+        return SyncRuntime(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Runtime {self.state}: {len(self.drivers)} drivers, {len(self.routes)} queues, "
+            f"{len(self.registry.consumers)} consumers>"
+        )
+
+
+def _now_unbound() -> float:
+    raise RuntimeStateError("runtime not bound to a loop")
+
+
+Runtime._now = staticmethod(_now_unbound)  # type: ignore[assignment]
+
+
+def _check_lua(spec: FunctionSpec) -> None:
+    try:
+        from .handlers.lua import check_lua_function
+    except ImportError:
+        return  # reported at start() by the consumer that needs it
+    check_lua_function(spec)
+
+
+def _load_driver_module(entry: DriverEntry) -> None:
+    import importlib
+
+    module = {"queue.driver.redis": "wqnb.drivers.redis", "queue.driver.amqp": "wqnb.drivers.amqp"}[entry.kind]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"{entry.kind} is not available here ({e})", file=entry.file, entry=entry.id, field="kind"
+        ) from None
+    if entry.kind not in DRIVERS:
+        raise ConfigError(f"{entry.kind} is not implemented yet", file=entry.file, entry=entry.id, field="kind")
+
+
+class SyncRuntime:
+    """Drive a :class:`Runtime` from code that does not use asyncio.
+
+    The runtime runs on a private event loop in a daemon thread; each method submits a
+    coroutine there and waits for it. It works in scripts and in notebook cells alike::
+
+        with wqnb.Runtime.from_yaml("app/").sync() as app:
+            app.publish("app.queue:tasks", {"id": 1})
+            app.drain()
+        app.timeline.df
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            raise RuntimeStateError("SyncRuntime is not open: use 'with rt.sync() as app:' or app.open()")
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
+
+    def open(self) -> SyncRuntime:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="wqnb-runtime", daemon=True)
+            self._thread.start()
+        self._call(self.runtime.start())
+        return self
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._call(self.runtime.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            assert self._thread is not None
+            self._thread.join()
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> SyncRuntime:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+        return self._call(self.runtime.publish(queue_id, body, headers))
+
+    def drain(self, timeout: float | None = None) -> None:
+        self._call(self.runtime.drain(timeout))
+
+    def stop(self) -> None:
+        self._call(self.runtime.stop())
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.runtime.timeline

@@ -1,0 +1,274 @@
+"""The event recorder and the :class:`Timeline` that notebooks, plots and widgets read.
+
+Recording is on the per-message path, so it is kept cheap: each event is one tuple
+appended to a list (about 0.15 µs); every ``CHUNK`` rows the list is packed into a numpy
+structured array (41 bytes a row), so memory stays under 100 bytes an event; a pandas
+DataFrame is built only when someone asks for it.
+
+Row layout (see DESIGN §5)::
+
+    (t, event, queue, consumer, worker, seq, attempt, error, depth, buffered, busy, unsettled)
+
+``t`` is the loop's clock (real or virtual); the DataFrame shows it as seconds since the
+runtime started. ``queue``, ``consumer`` and ``error`` are small integers into name tables;
+``-1`` marks "not this kind of event" (a publish row has no consumer, worker or consumer gauges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "EVENTS",
+    "Recorder",
+    "Timeline",
+    "EV_PUBLISH",
+    "EV_PUBLISH_WAIT",
+    "EV_DELIVER",
+    "EV_START",
+    "EV_ACK",
+    "EV_NACK",
+    "EV_REQUEUE",
+    "EV_DEAD_LETTER",
+]
+
+EVENTS = ("publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue", "dead_letter")
+(
+    EV_PUBLISH,
+    EV_PUBLISH_WAIT,
+    EV_DELIVER,
+    EV_START,
+    EV_ACK,
+    EV_NACK,
+    EV_REQUEUE,
+    EV_DEAD_LETTER,
+) = range(len(EVENTS))
+
+ROW_DTYPE = np.dtype(
+    [
+        ("t", "f8"),
+        ("event", "u1"),
+        ("queue", "i2"),
+        ("consumer", "i2"),
+        ("worker", "i2"),
+        ("seq", "i8"),
+        ("attempt", "i2"),
+        ("error", "i4"),
+        ("depth", "i4"),
+        ("buffered", "i4"),
+        ("busy", "i4"),
+        ("unsettled", "i4"),
+    ]
+)
+CHUNK = 1 << 15
+GAUGES = ("depth", "buffered", "busy", "unsettled")
+
+
+@dataclass
+class ConsumerInfo:
+    """What plots need to know about a consumer to draw its limits."""
+
+    name: str
+    queue: str
+    concurrency: int
+    prefetch: int
+
+
+@dataclass
+class QueueInfo:
+    name: str
+    max_length: int
+    dead_letter: str | None = None
+    max_attempts: int | None = None
+
+
+class Recorder:
+    """Collects events from the runtime. Writers call ``rows.append(tuple)`` directly.
+
+    ``rows`` is never replaced, only cleared, so writers may keep ``rows.append``.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.chunks: list[np.ndarray] = []
+        self.queue_names: list[str] = []
+        self.consumer_names: list[str] = []
+        self.errors: list[str | None] = [None]
+        self._queue_idx: dict[str, int] = {}
+        self._consumer_idx: dict[str, int] = {}
+        self._error_idx: dict[str, int] = {}
+        self.queues: dict[str, QueueInfo] = {}
+        self.consumers: dict[str, ConsumerInfo] = {}
+        self.id_prefix = ""
+        self.t0: float | None = None
+        self.enabled = True
+
+    # -- name tables ------------------------------------------------------------------
+    def queue_index(self, name: str) -> int:
+        idx = self._queue_idx.get(name)
+        if idx is None:
+            idx = self._queue_idx[name] = len(self.queue_names)
+            self.queue_names.append(name)
+        return idx
+
+    def consumer_index(self, name: str) -> int:
+        idx = self._consumer_idx.get(name)
+        if idx is None:
+            idx = self._consumer_idx[name] = len(self.consumer_names)
+            self.consumer_names.append(name)
+        return idx
+
+    def error_index(self, text: str) -> int:
+        idx = self._error_idx.get(text)
+        if idx is None:
+            idx = self._error_idx[text] = len(self.errors)
+            self.errors.append(text)
+        return idx
+
+    # -- storage ------------------------------------------------------------------------
+    def maybe_compact(self) -> None:
+        """Pack pending rows once there are ``CHUNK`` of them (called on the publish path)."""
+        if len(self.rows) >= CHUNK:
+            self.compact()
+
+    def compact(self) -> None:
+        if self.rows:
+            self.chunks.append(np.array(self.rows, dtype=ROW_DTYPE))
+            self.rows.clear()  # the same list: writers may hold its bound ``append``
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks) + len(self.rows)
+
+    def nbytes(self) -> int:
+        """Approximate memory held by recorded events (packed chunks + pending tuples)."""
+        import sys
+
+        pending = sys.getsizeof(self.rows) + sum(
+            sys.getsizeof(r) + 24 for r in self.rows[:1]
+        ) * len(self.rows)
+        return sum(c.nbytes for c in self.chunks) + pending
+
+    def array(self) -> np.ndarray:
+        """Every event so far as one structured array (rows stay where they are)."""
+        parts = list(self.chunks)
+        if self.rows:
+            parts.append(np.array(self.rows, dtype=ROW_DTYPE))
+        if not parts:
+            return np.zeros(0, dtype=ROW_DTYPE)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def timeline(self) -> Timeline:
+        return Timeline.from_array(
+            self.array(),
+            t0=self.t0 or 0.0,
+            queue_names=list(self.queue_names),
+            consumer_names=list(self.consumer_names),
+            errors=list(self.errors),
+            id_format=self.id_prefix,
+            queues=dict(self.queues),
+            consumers=dict(self.consumers),
+        )
+
+
+@dataclass
+class Timeline:
+    """Every event of a run as a DataFrame, plus the views that teach with it.
+
+    ``df`` columns: ``t`` (seconds since start), ``event``, ``queue``, ``consumer``,
+    ``worker``, ``msg_id``, ``attempt``, ``error``, and the gauges after the event:
+    ``depth`` (ready in the event's queue), ``buffered``, ``busy`` and ``unsettled``
+    (for the event's consumer; ``<NA>`` on rows without one).
+    """
+
+    df: pd.DataFrame
+    queues: dict[str, QueueInfo] = field(default_factory=dict)
+    consumers: dict[str, ConsumerInfo] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_array(
+        cls,
+        a: np.ndarray,
+        *,
+        t0: float,
+        queue_names: list[str],
+        consumer_names: list[str],
+        errors: list[str | None],
+        id_format: str,
+        queues: dict[str, QueueInfo],
+        consumers: dict[str, ConsumerInfo],
+    ) -> Timeline:
+        seq = a["seq"]
+        n_ids = int(seq.max()) + 1 if len(seq) else 0
+        ids = [f"{id_format}{s:012x}" for s in range(n_ids)]
+        err_codes = a["error"].astype(np.int32) - 1  # 0 (no error) becomes -1 (NaN)
+        df = pd.DataFrame(
+            {
+                "t": a["t"] - t0,
+                "event": pd.Categorical.from_codes(a["event"].astype(np.int8), EVENTS),
+                "queue": pd.Categorical.from_codes(a["queue"], queue_names),
+                "consumer": pd.Categorical.from_codes(a["consumer"], consumer_names),
+                "worker": pd.arrays.IntegerArray(
+                    a["worker"].astype(np.int16), a["worker"] < 0
+                ),
+                "msg_id": pd.Categorical.from_codes(seq, ids),
+                "attempt": a["attempt"].astype(np.int16),
+                "error": pd.Categorical.from_codes(
+                    err_codes, [e for e in errors[1:]] if len(errors) > 1 else []
+                ),
+                **{
+                    g: pd.arrays.IntegerArray(a[g].astype(np.int32), a[g] < 0)
+                    for g in GAUGES
+                },
+            },
+            copy=False,
+        )
+        return cls(df, queues=queues, consumers=consumers)
+
+    # -- export -------------------------------------------------------------------------
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.df.to_csv(path, index=False)
+        return path
+
+    def to_parquet(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.df.to_parquet(path, index=False)
+        return path
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.csv`` or ``.parquet`` by the file's suffix."""
+        path = Path(path)
+        if path.suffix == ".csv":
+            return self.to_csv(path)
+        if path.suffix in (".parquet", ".pq"):
+            return self.to_parquet(path)
+        raise ValueError(f"{path}: unknown timeline format (use .csv or .parquet)")
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __repr__(self) -> str:
+        return f"<Timeline {len(self.df)} events, {self.df['msg_id'].nunique()} messages>"
+
+    # views live in wqnb.views to keep this module about storage
+    def messages(self) -> pd.DataFrame:
+        from .views import messages
+
+        return messages(self)
+
+    def gauges(self, consumer: str | None = None) -> pd.DataFrame:
+        from .views import gauges
+
+        return gauges(self, consumer)
+
+    def summary(self) -> pd.Series:
+        from .views import summary
+
+        return summary(self)

@@ -1,0 +1,162 @@
+"""Views of a :class:`~wqnb.timeline.Timeline`: per delivery, gauges, and a summary.
+
+They read the event DataFrame only (DESIGN §1), so they work the same on a simulated
+run, a live runtime and a timeline loaded back from CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .timeline import Timeline
+
+__all__ = ["messages", "gauges", "summary"]
+
+_READY = ("publish", "requeue", "dead_letter")
+
+
+def messages(tl: Timeline) -> pd.DataFrame:
+    """One row per delivery attempt, with its waits and service time (seconds).
+
+    Columns: ``msg_id, queue, consumer, worker, attempt, t_ready, t_deliver, t_start,
+    t_end, outcome, dead_lettered, queue_wait, buffer_wait, service, error``.
+    ``outcome`` is ``ack``, ``nack``, ``returned`` (handed back to the queue by a stop,
+    unstarted or interrupted) or ``<NA>`` (still in hand). ``t_ready`` is when the message
+    became ready in the queue for this attempt (its publish, or the requeue before it).
+    """
+    df = tl.df
+    cols = ["msg_id", "queue", "consumer", "worker", "attempt", "t_ready", "t_deliver",
+            "t_start", "t_end", "outcome", "dead_lettered", "queue_wait", "buffer_wait",
+            "service", "error"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    msg = df["msg_id"].cat.codes.to_numpy()
+    event = df["event"].astype(str).to_numpy()
+    is_deliver = event == "deliver"
+    dno = pd.Series(is_deliver.astype(np.int32)).groupby(msg).cumsum().to_numpy()
+    t = df["t"].to_numpy()
+    ready = pd.Series(np.where(np.isin(event, _READY), t, np.nan)).groupby(msg).ffill().to_numpy()
+    key = pd.DataFrame({"m": msg, "d": dno})
+
+    def part(mask: np.ndarray, **columns: object) -> pd.DataFrame:
+        out = key[mask].copy()
+        for name, values in columns.items():
+            out[name] = np.asarray(values)[mask] if isinstance(values, np.ndarray) else values[mask].to_numpy()
+        return out.drop_duplicates(["m", "d"], keep="first")
+
+    deliveries = part(
+        is_deliver,
+        msg_id=df["msg_id"], queue=df["queue"], consumer=df["consumer"], attempt=df["attempt"],
+        t_ready=ready, t_deliver=t,
+    )
+    starts = part(event == "start", worker=df["worker"], t_start=t)
+    ends = part(np.isin(event, ("ack", "nack")), t_end=t, outcome=event, error=df["error"])
+    returned = part((event == "requeue") & (dno > 0), t_returned=t)
+    dead = part(event == "dead_letter", dead_lettered=np.ones(len(df), dtype=bool))
+    out = deliveries.merge(starts, on=["m", "d"], how="left").merge(ends, on=["m", "d"], how="left")
+    out = out.merge(returned, on=["m", "d"], how="left").merge(dead, on=["m", "d"], how="left")
+    no_end = out["outcome"].isna() & out["t_returned"].notna()
+    out.loc[no_end, "outcome"] = "returned"
+    out.loc[no_end, "t_end"] = out.loc[no_end, "t_returned"]
+    out["dead_lettered"] = out["dead_lettered"].fillna(False).astype(bool)
+    out["queue_wait"] = out["t_deliver"] - out["t_ready"]
+    out["buffer_wait"] = out["t_start"] - out["t_deliver"]
+    out["service"] = out["t_end"] - out["t_start"]
+    for name in ("msg_id", "queue", "consumer"):
+        out[name] = pd.Categorical(out[name], categories=df[name].cat.categories)
+    out["outcome"] = pd.Categorical(out["outcome"], categories=["ack", "nack", "returned"])
+    out["worker"] = out["worker"].astype("Int16")
+    out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
+    return out[cols].reset_index(drop=True)
+
+
+def gauges(tl: Timeline, consumer: str | None = None) -> pd.DataFrame:
+    """Step series of one consumer and its queue: ``t, event, depth, buffered, busy, unsettled``.
+
+    Each row holds the values right after the event (plot with ``drawstyle="steps-post"``).
+    ``consumer`` defaults to the first consumer of the run.
+    """
+    df = tl.df
+    if consumer is None:
+        if tl.consumers:
+            consumer = next(iter(tl.consumers))
+        else:
+            present = df["consumer"].dropna()
+            consumer = str(present.iloc[0]) if len(present) else None
+    if consumer is not None and consumer in tl.consumers:
+        queue = tl.consumers[consumer].queue
+    elif consumer is not None:
+        rows = df[df["consumer"] == consumer]
+        queue = str(rows["queue"].iloc[0]) if len(rows) else None
+    else:
+        queue = str(df["queue"].iloc[0]) if len(df) else None
+    on_queue = (df["queue"] == queue).to_numpy() if queue is not None else np.zeros(len(df), bool)
+    on_consumer = (df["consumer"] == consumer).fillna(False).to_numpy() if consumer is not None else np.zeros(len(df), bool)
+    sel = df[on_queue | on_consumer]
+    out = pd.DataFrame({"t": sel["t"].to_numpy(), "event": sel["event"].to_numpy()})
+    depth = sel["depth"].where(on_queue[on_queue | on_consumer])
+    out["depth"] = depth.ffill().fillna(0).astype("int64").to_numpy()
+    for g in ("buffered", "busy", "unsettled"):
+        v = sel[g].where(on_consumer[on_queue | on_consumer])
+        out[g] = v.ffill().fillna(0).astype("int64").to_numpy()
+    out.attrs.update(consumer=consumer, queue=queue)
+    return out
+
+
+def summary(tl: Timeline) -> pd.Series:
+    """Counts, throughput, latency percentiles, waits, utilisation and peaks of a run."""
+    df = tl.df
+    ev = df["event"]
+    counts = ev.value_counts()
+    n = {e: int(counts.get(e, 0)) for e in ("publish", "publish_wait", "deliver", "ack", "nack", "requeue", "dead_letter")}
+    t = df["t"]
+    duration = float(t.max() - t.min()) if len(df) else 0.0
+    m = messages(tl)
+    first_ready = df[ev == "publish"].groupby("msg_id", observed=True)["t"].min()
+    acked_at = df[ev == "ack"].groupby("msg_id", observed=True)["t"].max()
+    latency = (acked_at - first_ready.reindex(acked_at.index)).dropna()
+    capacity = sum(c.concurrency for c in tl.consumers.values()) or np.nan
+    busy_time = float(m["service"].sum()) if len(m) else 0.0
+    waits = df[ev == "publish_wait"]
+    if len(waits):
+        pub = df[ev == "publish"].groupby("msg_id", observed=True)["t"].min()
+        wait_times = pub.reindex(waits["msg_id"]).to_numpy() - waits["t"].to_numpy()
+        publish_wait_total = float(np.nansum(wait_times))
+    else:
+        publish_wait_total = 0.0
+
+    def pct(s: pd.Series, q: float) -> float:
+        return float(s.quantile(q)) if len(s) else float("nan")
+
+    g = df[["depth", "buffered", "busy", "unsettled"]]
+    return pd.Series(
+        {
+            "published": n["publish"],
+            "delivered": n["deliver"],
+            "acked": n["ack"],
+            "nacked": n["nack"],
+            "requeued": n["requeue"],
+            "dead_lettered": n["dead_letter"],
+            "duration_s": duration,
+            "throughput_per_s": n["ack"] / duration if duration > 0 else float("nan"),
+            "latency_mean_s": float(latency.mean()) if len(latency) else float("nan"),
+            "latency_p50_s": pct(latency, 0.5),
+            "latency_p90_s": pct(latency, 0.9),
+            "latency_p99_s": pct(latency, 0.99),
+            "queue_wait_mean_s": float(m["queue_wait"].mean()) if len(m) else float("nan"),
+            "buffer_wait_mean_s": float(m["buffer_wait"].mean()) if len(m) else float("nan"),
+            "service_mean_s": float(m["service"].mean()) if len(m) else float("nan"),
+            "utilisation": busy_time / (capacity * duration) if duration > 0 else float("nan"),
+            "max_depth": int(g["depth"].max()) if len(df) else 0,
+            "max_buffered": int(g["buffered"].max()) if g["buffered"].notna().any() else 0,
+            "max_busy": int(g["busy"].max()) if g["busy"].notna().any() else 0,
+            "max_unsettled": int(g["unsettled"].max()) if g["unsettled"].notna().any() else 0,
+            "publish_waits": n["publish_wait"],
+            "publish_wait_total_s": publish_wait_total,
+        },
+        name="summary",
+    )

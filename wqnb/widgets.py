@@ -1,0 +1,585 @@
+"""ipywidgets explorers: move a knob, see the queue behave.
+
+* :class:`Explorer` — sliders for every knob of :func:`wqnb.simulate`; each change runs a
+  simulation on virtual time and redraws :func:`wqnb.plot.overview` and a summary table.
+* :class:`Sweep` — a concurrency × prefetch grid, run point by point behind a progress bar,
+  then drawn as heatmaps and lines (:func:`wqnb.plot.sweep`).
+* :class:`LiveMonitor` — follows a real :class:`~wqnb.Runtime` running in the kernel's own
+  event loop, redrawing its gauges from ``rt.timeline`` while messages flow; buttons
+  publish a burst and stop the runtime. It never blocks the kernel: it is an asyncio task.
+
+The logic lives in plain methods (:meth:`Explorer.update`, :meth:`Sweep.run`,
+:meth:`LiveMonitor.refresh`) and plain data (``.timeline``, ``.summary``, ``.figure``,
+``.results``), so tests set widget values, click buttons and check what was simulated and
+drawn without a browser. Figures are drawn on pyplot-free :class:`~matplotlib.figure.Figure`
+objects and shown as PNG in an ``Image`` widget: nothing leaks into the cell's output, and
+Voila shows them the same way.
+
+Everything drawn comes from a :class:`~wqnb.timeline.Timeline` (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import plot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Runtime
+    from .timeline import Timeline
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "Explorer",
+    "LiveMonitor",
+    "Sweep",
+    "log_options",
+    "render_png",
+    "summary_table",
+]
+
+_STYLE = {"description_width": "120px"}
+_LAYOUT = W.Layout(width="420px")
+
+
+# -- plain helpers (tested directly) ---------------------------------------------------
+
+
+def log_options(lo: int, hi: int, *, include: Iterable[int] = ()) -> list[int]:
+    """Integers from ``lo`` to ``hi`` spaced evenly on a log scale (1, 1.5, 2, 3, 4, 5, 6, 8
+    per decade), plus ``include``: the stops of a log-scale integer slider."""
+    mantissas = (1, 1.5, 2, 3, 4, 5, 6, 8)
+    out = {lo, hi, *include}
+    for exp in range(int(math.floor(math.log10(max(lo, 1)))), int(math.log10(hi)) + 1):
+        for m in mantissas:
+            v = int(round(m * 10**exp))
+            if lo <= v <= hi:
+                out.add(v)
+    return sorted(v for v in out if lo <= v <= hi)
+
+
+def _distributions() -> dict[str, Callable[[float], Any]]:
+    from .sim import Constant, Exponential, LogNormal, Uniform
+
+    return {
+        "constant": Constant,
+        "exponential": Exponential,
+        "uniform (0 to 2×mean)": lambda mean: Uniform(0.0, 2 * mean),
+        "lognormal (σ = 1)": lambda mean: LogNormal(mean, 1.0),
+    }
+
+
+#: Service-time shapes the Explorer offers: name → ``f(mean seconds)`` → ``service_time``.
+DISTRIBUTIONS: dict[str, Callable[[float], Any]] = {}
+
+
+def render_png(fig: Figure, *, dpi: float = 72) -> bytes:
+    """The figure as PNG bytes (no pyplot, no display)."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)  # attach an Agg canvas (a bare Figure has none to save with)
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+_SUMMARY_ROWS = [
+    ("published", "published", "messages", "{:,.0f}"),
+    ("acked", "acked", "messages", "{:,.0f}"),
+    ("nacked", "nacked", "deliveries", "{:,.0f}"),
+    ("dead_lettered", "dead-lettered", "messages", "{:,.0f}"),
+    ("duration_s", "duration", "s", "{:.3g}"),
+    ("throughput_per_s", "throughput", "msg/s", "{:.4g}"),
+    ("latency_p50_s", "latency p50", "s", "{:.3g}"),
+    ("latency_p90_s", "latency p90", "s", "{:.3g}"),
+    ("latency_p99_s", "latency p99", "s", "{:.3g}"),
+    ("queue_wait_mean_s", "mean wait in queue", "s", "{:.3g}"),
+    ("buffer_wait_mean_s", "mean wait in buffer", "s", "{:.3g}"),
+    ("service_mean_s", "mean service time", "s", "{:.3g}"),
+    ("utilisation", "worker utilisation", "0-1", "{:.3f}"),
+    ("max_depth", "max queue depth", "messages", "{:,.0f}"),
+    ("max_buffered", "max buffered", "messages", "{:,.0f}"),
+    ("max_unsettled", "max unsettled", "messages", "{:,.0f}"),
+    ("publish_waits", "publisher waits", "count", "{:,.0f}"),
+    ("publish_wait_total_s", "publisher time waiting", "s", "{:.3g}"),
+]
+
+
+def summary_table(summary: pd.Series) -> pd.DataFrame:
+    """The interesting lines of ``Timeline.summary()``, with units, as display strings."""
+    rows = []
+    for key, label, unit, fmt in _SUMMARY_ROWS:
+        if key in summary.index:
+            v = summary[key]
+            text = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+            rows.append((label, text, unit))
+    return pd.DataFrame(rows, columns=["", "value", "unit"]).set_index("")
+
+
+def _table_html(summary: pd.Series) -> str:
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
+        f"<td style='text-align:right'>{html.escape(r['value'])}</td>"
+        f"<td style='color:#6c757d;padding-left:0.4em'>{html.escape(r['unit'])}</td></tr>"
+        for label, r in summary_table(summary).iterrows()
+    )
+    return f"<table class='wqnb-table'>{rows}</table>"
+
+
+# -- Explorer --------------------------------------------------------------------------
+
+
+class Explorer:
+    """Sliders for :func:`wqnb.simulate`'s knobs; every change re-runs it and redraws.
+
+    >>> ex = Explorer(concurrency=4, prefetch=10)     # doctest: +SKIP
+    >>> ex                                            # the widget, in a notebook
+    >>> ex.concurrency.value = 8                      # same as moving the slider
+    >>> ex.summary["throughput"], ex.timeline         # what is shown, as data
+
+    ``messages`` is capped at 10,000 so that a redraw stays under a second. Pass
+    ``simulate=`` to drive another simulation function with the same keywords.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 4,
+        prefetch: int = 10,
+        arrival_rate: float = 80.0,
+        service_time: float = 0.05,
+        distribution: str = "exponential",
+        failure_rate: float = 0.0,
+        messages: int = 1000,
+        max_length: int = 1000,
+        burst: bool = False,
+        seed: int = 1,
+        simulate: Callable[..., Timeline] | None = None,
+        dpi: float = 72,
+        auto: bool = True,
+    ) -> None:
+        if simulate is None:
+            from .sim import simulate as simulate
+        self._simulate = simulate
+        self.dpi = dpi
+        dists = DISTRIBUTIONS or _distributions()
+        if distribution not in dists:
+            raise ValueError(f"distribution must be one of {sorted(dists)}, not {distribution!r}")
+        self._dists = dists
+
+        def sel(desc: str, lo: int, hi: int, value: int) -> W.SelectionSlider:
+            opts = log_options(lo, hi, include=[value])
+            return W.SelectionSlider(options=opts, value=value, description=desc,
+                                     continuous_update=False, style=_STYLE, layout=_LAYOUT)
+
+        self.concurrency = sel("concurrency", 1, 1000, concurrency)
+        self.prefetch = sel("prefetch", 1, 10000, prefetch)
+        self.max_length = sel("max_length", 1, 100_000, max_length)
+        self.messages = sel("messages", 10, 10_000, messages)
+        self.arrival_rate = W.FloatLogSlider(
+            value=arrival_rate, base=10, min=-1, max=4, step=0.05, description="arrivals (/s)",
+            readout_format=".3g", continuous_update=False, style=_STYLE, layout=_LAYOUT)
+        self.burst = W.Checkbox(value=burst, description="all at t = 0 (burst)", indent=False)
+        self.service_time = W.FloatLogSlider(
+            value=service_time, base=10, min=-3, max=1, step=0.05, description="service (s)",
+            readout_format=".3g", continuous_update=False, style=_STYLE, layout=_LAYOUT)
+        self.distribution = W.Dropdown(options=list(dists), value=distribution,
+                                       description="service shape", style=_STYLE)
+        self.failure_rate = W.FloatSlider(
+            value=failure_rate, min=0.0, max=0.9, step=0.01, description="failure rate",
+            readout_format=".2f", continuous_update=False, style=_STYLE, layout=_LAYOUT)
+        self.seed = W.BoundedIntText(value=seed, min=0, max=2**31 - 1, description="seed",
+                                     style=_STYLE, layout=W.Layout(width="220px"))
+        self.controls = [self.concurrency, self.prefetch, self.arrival_rate, self.burst,
+                         self.service_time, self.distribution, self.failure_rate,
+                         self.messages, self.max_length, self.seed]
+        for w in self.controls:
+            w.observe(self._on_change, names="value")
+
+        self.status = W.HTML().add_class("wqnb-status")
+        self.table = W.HTML().add_class("wqnb-summary")
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
+            "wqnb-figure")
+        left = W.VBox([self.concurrency, self.prefetch, self.max_length, self.messages])
+        right = W.VBox([self.arrival_rate, self.burst, self.service_time, self.distribution,
+                        self.failure_rate, self.seed])
+        self.widget = W.VBox(
+            [W.HBox([left, right]), self.status, W.HBox([self.image, self.table])]
+        ).add_class("wqnb-explorer")
+
+        self.timeline: Timeline | None = None
+        self.summary: pd.Series | None = None
+        self.figure: Figure | None = None
+        self.runs = 0
+        self.timings: dict[str, float] = {}
+        self.error: str | None = None
+        if auto:
+            self.update()
+
+    # the view-model -----------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The keywords the widgets currently ask :func:`wqnb.simulate` for."""
+        mean = round(float(self.service_time.value), 6)
+        return {
+            "concurrency": int(self.concurrency.value),
+            "prefetch": int(self.prefetch.value),
+            "messages": int(self.messages.value),
+            "arrival_rate": None if self.burst.value else round(float(self.arrival_rate.value), 6),
+            "service_time": self._dists[self.distribution.value](mean),
+            "failure_rate": round(float(self.failure_rate.value), 4),
+            "max_length": int(self.max_length.value),
+            "seed": int(self.seed.value),
+        }
+
+    def _on_change(self, _change: dict[str, Any]) -> None:
+        self.update()
+
+    def update(self) -> None:
+        """Simulate with the current values, then redraw the figure and the table."""
+        kwargs = self.params()
+        t0 = time.perf_counter()
+        try:
+            tl = self._simulate(**kwargs)
+        except Exception as exc:  # a bad combination: say so in the widget, keep the old plot
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.status.value = f"<b style='color:#9b2226'>{html.escape(self.error)}</b>"
+            return
+        t1 = time.perf_counter()
+        self.error = None
+        self.timeline = tl
+        self.summary = tl.summary()
+        self.figure = plot.overview(tl, fig=Figure(figsize=(12, 7.5)))
+        png = render_png(self.figure, dpi=self.dpi)
+        t2 = time.perf_counter()
+        self.image.value = png
+        self.table.value = _table_html(self.summary)
+        self.runs += 1
+        self.timings = {"simulate": t1 - t0, "draw": t2 - t1}
+        self.status.value = (
+            f"run {self.runs}: {kwargs['messages']:,} messages, "
+            f"concurrency {kwargs['concurrency']}, prefetch {kwargs['prefetch']} "
+            f"<span style='color:#6c757d'>(simulated in {t1 - t0:.2f} s, "
+            f"drawn in {t2 - t1:.2f} s)</span>"
+        )
+
+    # display -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        p = self.params()
+        p["service_time"] = f"{self.distribution.value}({self.service_time.value:.3g})"
+        inner = ", ".join(f"{k}={v}" for k, v in p.items())
+        return f"Explorer({inner})"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+
+# -- Sweep -----------------------------------------------------------------------------
+
+
+def _parse_grid(text: str, what: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.replace(";", ",").split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"{what}: write whole numbers separated by commas, not {text!r}") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"{what}: give at least one value, each ≥ 1")
+    return values
+
+
+class Sweep:
+    """Run :func:`wqnb.simulate` over a concurrency × prefetch grid, then draw heatmaps.
+
+    The other knobs are fixed (``**fixed`` goes to every run). Press *Run* (or call
+    :meth:`run`); the progress bar counts the runs; ``.results`` holds one row a run
+    (the grid values and the run's :meth:`~wqnb.timeline.Timeline.summary`).
+    """
+
+    def __init__(
+        self,
+        concurrency: Sequence[int] = (1, 2, 4, 8, 16),
+        prefetch: Sequence[int] = (1, 4, 16, 64),
+        *,
+        metrics: Sequence[str] = ("throughput_per_s", "latency_p99_s"),
+        simulate: Callable[..., Timeline] | None = None,
+        dpi: float = 72,
+        **fixed: Any,
+    ) -> None:
+        if simulate is None:
+            from .sim import simulate as simulate
+        self._simulate = simulate
+        self.fixed = {"messages": 1000, "seed": 1, **fixed}
+        self.metrics = tuple(metrics)
+        self.dpi = dpi
+        self.concurrency = W.Text(value=", ".join(map(str, concurrency)),
+                                  description="concurrency", style=_STYLE, layout=_LAYOUT)
+        self.prefetch = W.Text(value=", ".join(map(str, prefetch)), description="prefetch",
+                               style=_STYLE, layout=_LAYOUT)
+        self.button = W.Button(description="Run sweep", button_style="primary", icon="play")
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="runs",
+                                      style=_STYLE, layout=_LAYOUT)
+        self.status = W.HTML().add_class("wqnb-status")
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
+            "wqnb-figure")
+        fixed_text = ", ".join(f"{k}={v!r}" for k, v in self.fixed.items())
+        self.widget = W.VBox([
+            W.HTML(f"<small>fixed: {html.escape(fixed_text)}</small>"),
+            self.concurrency, self.prefetch, W.HBox([self.button, self.progress]),
+            self.status, self.image,
+        ]).add_class("wqnb-sweep")
+        self.button.on_click(self._on_click)
+        self.results: pd.DataFrame | None = None
+        self.figure: Figure | None = None
+        self.task: asyncio.Task[pd.DataFrame] | None = None
+
+    def grid(self) -> list[tuple[int, int]]:
+        """The (concurrency, prefetch) pairs the text boxes ask for, in run order."""
+        cs = _parse_grid(self.concurrency.value, "concurrency")
+        ps = _parse_grid(self.prefetch.value, "prefetch")
+        return [(c, p) for c in cs for p in ps]
+
+    def _start(self) -> list[tuple[int, int]] | None:
+        try:
+            grid = self.grid()
+        except ValueError as exc:
+            self.status.value = f"<b style='color:#9b2226'>{html.escape(str(exc))}</b>"
+            return None
+        self.progress.max = len(grid)
+        self.progress.value = 0
+        self.button.disabled = True
+        return grid
+
+    def _one(self, c: int, p: int) -> dict[str, Any]:
+        tl = self._simulate(concurrency=c, prefetch=p, **self.fixed)
+        return {"concurrency": c, "prefetch": p, **tl.summary().to_dict()}
+
+    def _finish(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        self.results = pd.DataFrame(rows)
+        self.figure = plot.sweep(self.results, self.metrics,
+                                 fig=Figure(figsize=(5.2 * len(self.metrics), 7.5),
+                                            layout="constrained"))
+        self.image.value = render_png(self.figure, dpi=self.dpi)
+        self.status.value = f"{len(rows)} runs done"
+        self.button.disabled = False
+        return self.results
+
+    def run(self) -> pd.DataFrame | None:
+        """Run the whole grid now (blocking), updating the progress bar after each run."""
+        grid = self._start()
+        if grid is None:
+            return None
+        rows = []
+        for c, p in grid:
+            rows.append(self._one(c, p))
+            self.progress.value += 1
+        return self._finish(rows)
+
+    async def arun(self) -> pd.DataFrame | None:
+        """Same as :meth:`run`, yielding to the event loop between runs (the kernel stays
+        responsive and the progress bar is drawn while the sweep runs)."""
+        grid = self._start()
+        if grid is None:
+            return None
+        rows = []
+        for c, p in grid:
+            rows.append(self._one(c, p))
+            self.progress.value += 1
+            self.status.value = f"run {self.progress.value}/{len(grid)}: concurrency {c}, prefetch {p}"
+            await asyncio.sleep(0)
+        return self._finish(rows)
+
+    def _on_click(self, _button: W.Button) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a plain script, a test): just run it
+            self.run()
+            return
+        self.task = loop.create_task(self.arun())
+
+    def __repr__(self) -> str:
+        return (f"Sweep(concurrency=[{self.concurrency.value}], prefetch=[{self.prefetch.value}], "
+                f"{', '.join(f'{k}={v!r}' for k, v in self.fixed.items())})")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+
+# -- LiveMonitor -----------------------------------------------------------------------
+
+
+class LiveMonitor:
+    """Follow a running :class:`~wqnb.Runtime` from the kernel's own loop.
+
+    Every ``interval`` seconds (while new events arrive) it redraws
+    :func:`wqnb.plot.backpressure` from ``rt.timeline`` for one consumer. *Publish* sends
+    ``burst`` messages to the consumer's queue with ``await rt.publish`` — so once the
+    queue is full the burst waits, and you see the publisher blocked — and *Stop* stops
+    the runtime gracefully and draws the final picture.
+
+    Create it in a notebook cell while the runtime runs (after ``await rt.start()``); it
+    starts an asyncio task on the running loop and returns at once.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        consumer: str | None = None,
+        *,
+        queue: str | None = None,
+        burst: int = 50,
+        body: Callable[[int], Any] | None = None,
+        interval: float = 0.5,
+        window: float | None = 30.0,
+        dpi: float = 72,
+        start: bool = True,
+    ) -> None:
+        self.rt = rt
+        self.interval = interval
+        self.window = window
+        self.dpi = dpi
+        self.body = body or (lambda i: {"n": i})
+        tl = rt.timeline
+        self.consumer = plot._pick_consumer(tl, consumer)
+        info = tl.consumers.get(self.consumer) if self.consumer else None
+        self.queue = queue or (info.queue if info is not None else None)
+        if self.queue is None:
+            raise ValueError("LiveMonitor: give queue= (this runtime has no consumer to follow)")
+        self.burst = W.BoundedIntText(value=burst, min=1, max=100_000, description="burst size",
+                                      style=_STYLE, layout=W.Layout(width="220px"))
+        self.publish_button = W.Button(description="Publish burst", icon="paper-plane")
+        self.stop_button = W.Button(description="Stop runtime", icon="stop",
+                                    button_style="danger")
+        self.status = W.HTML().add_class("wqnb-status")
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
+            "wqnb-figure")
+        self.widget = W.VBox([
+            W.HBox([self.burst, self.publish_button, self.stop_button]), self.status,
+            self.image,
+        ]).add_class("wqnb-live")
+        self.publish_button.on_click(lambda _b: self.publish_burst())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.refreshes = 0
+        self.published = 0
+        self.figure: Figure | None = None
+        self.summary: pd.Series | None = None
+        self._seen = -1
+        self._counter = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.stopping: asyncio.Task[None] | None = None
+        self.refresh()
+        if start:
+            self.start()
+
+    # the view-model -----------------------------------------------------------------
+    def refresh(self, *, force: bool = False) -> bool:
+        """Redraw from ``rt.timeline`` if it has new events (or ``force``); say if it did."""
+        tl = self.rt.timeline
+        n = len(tl.df)
+        if n == self._seen and not force:
+            return False
+        self._seen = n
+        state = getattr(self.rt, "state", "?")
+        if n:
+            t_end = float(tl.df["t"].iloc[-1])
+            start = max(0.0, t_end - self.window) if self.window else None
+            self.figure = plot.backpressure(
+                tl, self.consumer, fig=Figure(figsize=(9, 5.5), layout="constrained"),
+                start=start)
+            self.image.value = render_png(self.figure, dpi=self.dpi)
+            self.summary = tl.summary()
+            s = self.summary
+            counts = ", ".join(f"{k.replace('_', ' ')} {int(s[k]):,}" for k in
+                               ("published", "acked", "nacked", "dead_lettered") if k in s)
+            self.status.value = f"runtime {state} · t = {t_end:.1f} s · {counts}"
+        else:
+            self.status.value = f"runtime {state} · no events yet: publish a burst"
+        self.refreshes += 1
+        return True
+
+    def publish_burst(self, n: int | None = None) -> asyncio.Task[int]:
+        """Publish ``n`` (default: the burst box) messages as one task; return the task."""
+        n = int(self.burst.value if n is None else n)
+
+        async def go() -> int:
+            for _ in range(n):
+                await self.rt.publish(self.queue, self.body(self._counter))
+                self._counter += 1
+                self.published += 1
+            return n
+
+        return self._spawn(go())
+
+    def stop(self) -> asyncio.Task[None]:
+        """Stop the runtime gracefully (as a task), then stop following it."""
+        if self.stopping is None:
+            self.publish_button.disabled = True
+            self.stop_button.disabled = True
+
+            async def go() -> None:
+                try:
+                    await self.rt.stop()
+                finally:
+                    await self.close()
+
+            self.stopping = self._spawn(go())
+        return self.stopping
+
+    # the follower task ---------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        """Start following (needs a running loop: a notebook cell, or a coroutine)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "LiveMonitor follows a runtime on the running event loop: create it in a "
+                "notebook cell or inside a coroutine (after `await rt.start()`)"
+            ) from None
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._follow())
+        return self.task
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.refresh()
+            if getattr(self.rt, "state", "running") != "running" and self.stopping is None:
+                break  # the runtime was stopped elsewhere: draw once more and rest
+
+    async def close(self) -> None:
+        """Stop following; draw the final picture."""
+        task, self.task = self.task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.refresh(force=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __repr__(self) -> str:
+        return f"LiveMonitor(consumer={self.consumer!r}, queue={self.queue!r})"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
+

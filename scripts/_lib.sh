@@ -73,7 +73,7 @@ ensure_venv() {
     old=$(paste -sd, "$WQNB_STAMP")
   fi
   all=$(printf '%s\n' ${extras//,/ } ${old//,/ } | sort -u | paste -sd,)
-  say "installing wqnb[$all] (editable) into $WQNB_VENV"
+  say "installing wqnb[$all] (editable) into $WQNB_VENV (a few minutes the first time)"
   rm -f "$WQNB_STAMP"
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$WQNB_PY" -m pip install -q --progress-bar off -e "$WQNB_ROOT[$all]" ||
     die "pip install -e '$WQNB_ROOT[$all]' failed (see pip's message above)"

@@ -18,67 +18,129 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
+import heapq
 import selectors
-import threading
+import time
+from collections.abc import Callable
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .errors import VirtualTimeDeadlock
 
-__all__ = ["VirtualTimeLoop", "run_virtual", "in_running_loop", "is_virtual"]
+__all__ = ["VirtualTimeLoop", "clock_fn", "run_virtual", "in_running_loop", "is_virtual"]
 
 T = TypeVar("T")
 
 
-class _AutojumpSelector(selectors.DefaultSelector):
-    """A real selector whose waits become jumps of the virtual clock.
+class _Handle(asyncio.Handle):
+    """An ``asyncio.Handle`` without the debug bookkeeping (the virtual loop never debugs)."""
 
-    ``BaseEventLoop._run_once`` asks the selector to wait ``timeout`` seconds, the time
-    until its earliest timer. We poll real file descriptors without waiting (the loop's
-    self-pipe, which threads use to wake it), and if nothing is ready we move the
-    clock to that timer instead of sleeping.
-    """
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.loop: VirtualTimeLoop | None = None
+    def __init__(self, callback, args, loop, context=None):  # noqa: ANN001 - asyncio's signature
+        self._context = context if context is not None else contextvars.copy_context()
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
 
-    def select(self, timeout: float | None = None) -> list[Any]:
-        loop = self.loop
-        assert loop is not None
-        if loop._threads_pending:
-            # Work handed to threads takes no virtual time: wait for it in real time.
-            ready = super().select(None if timeout is None else 0.05)
-            if ready or timeout is None:
-                return ready
-            return []
-        ready = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        scheduled = loop._scheduled
-        if not scheduled:
-            raise VirtualTimeDeadlock(
-                "virtual time cannot move: every task is waiting and no timer is scheduled "
-                "(a handler or publisher is waiting for something that never happens)"
-            )
-        when = scheduled[0]._when
-        if when > loop._now:
-            loop._now = when
-        return []
+
+class _Timer(asyncio.TimerHandle):
+    __slots__ = ()
+
+    def __init__(self, when, callback, args, loop, context=None):  # noqa: ANN001
+        self._context = context if context is not None else contextvars.copy_context()
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
+        self._when = when
+        self._scheduled = True
+
+
+_FUTURE = asyncio.Future
+_SET_RESULT = asyncio.futures._set_result_unless_cancelled
+
+
+class _SleepTimer:
+    """What ``call_later`` returns for an ``asyncio.sleep``: its ``cancel()`` has nothing to do."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+
+_SLEEP_TIMER = _SleepTimer()
+
+
+def _is_dead(entry: object) -> bool:
+    if entry.__class__ is _FUTURE:
+        return entry.done()  # type: ignore[attr-defined]
+    return entry._cancelled  # type: ignore[attr-defined]
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on virtual time: ``time()`` starts at ``start`` and jumps to timers."""
+    """An asyncio loop on virtual time: ``time()`` starts at ``start`` and jumps to timers.
+
+    It replaces ``BaseEventLoop._run_once`` (the one CPython method it leans on) with a
+    lean version: timers live in a heap of ``(when, seq, handle)`` tuples (compared in C,
+    not through ``TimerHandle.__lt__``), every callback that becomes ready at the current
+    instant runs in one pass, and real file descriptors are polled only when a thread
+    may wake the loop. When nothing is ready the clock jumps to the next timer; when
+    nothing is scheduled either, :class:`~wqnb.errors.VirtualTimeDeadlock` is raised.
+    """
 
     def __init__(self, start: float = 0.0) -> None:
-        selector = _AutojumpSelector()
         self._now = float(start)
         self._threads_pending = 0
-        super().__init__(selector)
-        selector.loop = self
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._timer_seq = 0
+        super().__init__(selectors.DefaultSelector())
 
     def time(self) -> float:
         return self._now
+
+    # -- scheduling: lighter handles, a tuple heap ------------------------------------------
+    def call_soon(self, callback, *args, context=None):  # noqa: ANN001
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle = _Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_at(self, when, callback, *args, context=None):  # noqa: ANN001
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if callback is _SET_RESULT and len(args) == 2 and args[1] is None:
+            # asyncio.sleep(): put its future itself on the heap; no handle, no callback.
+            # A cancelled sleep leaves a done future, skipped when it reaches the top.
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (when, self._timer_seq, args[0]))
+            return _SLEEP_TIMER
+        timer = _Timer(when, callback, args, self, context)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, timer))
+        return timer
+
+    def call_later(self, delay, callback, *args, context=None):  # noqa: ANN001
+        return self.call_at(self._now + delay, callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass  # cancelled timers are skipped when they reach the top of the heap
+
+    def close(self) -> None:
+        self._timers.clear()
+        super().close()
 
     def run_in_executor(self, executor, func, *args):  # type: ignore[override]
         """Threads take no virtual time: the clock waits for them instead of jumping."""
@@ -90,6 +152,67 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
         fut.add_done_callback(_done)
         return fut
+
+    # -- the loop -------------------------------------------------------------------------
+    def _run_once(self) -> None:
+        ready = self._ready
+        timers = self._timers
+        while timers and _is_dead(timers[0][2]):
+            heapq.heappop(timers)
+        if self._threads_pending:
+            # Work handed to a thread: wait for it in real time (it costs no virtual time).
+            wait = 0 if (ready or self._stopping) else (0.05 if timers else None)
+            self._process_events(self._selector.select(wait))
+            if not ready and timers and not self._threads_pending:
+                self._now = max(self._now, timers[0][0])
+        elif not ready and not self._stopping:
+            if timers:
+                when = timers[0][0]
+                if when > self._now:
+                    self._now = when
+            else:
+                self._process_events(self._selector.select(0))
+                if not ready:
+                    raise VirtualTimeDeadlock(
+                        "virtual time cannot move: every task is waiting and no timer is "
+                        "scheduled (a handler or publisher waits for something that never happens)"
+                    )
+        now = self._now
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if timer.__class__ is not _FUTURE:
+                timer._scheduled = False
+            ready.append(timer)
+        # Run what is ready now, and what becomes ready at this same instant, in FIFO
+        # order: exactly what successive stock iterations would run, minus their overhead.
+        popleft = ready.popleft
+        while ready:
+            handle = popleft()
+            if handle.__class__ is _FUTURE:  # a sleep ends
+                if not handle.done():
+                    handle.set_result(None)
+                continue
+            if handle._cancelled:
+                continue
+            try:
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.call_exception_handler(
+                    {"message": f"Exception in callback {handle._callback!r}", "exception": exc, "handle": handle}
+                )
+            if self._stopping:
+                break
+
+
+def clock_fn(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The cheapest callable that reads ``loop``'s clock (it is read for every event)."""
+    if isinstance(loop, VirtualTimeLoop):
+        return functools.partial(getattr, loop, "_now")  # C calls only
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic  # what BaseEventLoop.time returns, without the method call
+    return loop.time
 
 
 def is_virtual(loop: asyncio.AbstractEventLoop | None = None) -> bool:
@@ -146,5 +269,3 @@ def run_virtual(coro: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wqnb-virtual") as ex:
         return ex.submit(_run_here, coro, start).result()
 
-
-_local = threading.local()

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .clock import clock_fn
 from .durations import format_duration
 from .message import Delivery, Message
 from .timeline import (
@@ -52,13 +53,16 @@ log = logging.getLogger("wqnb.consumer")
 class _Route:
     """Where a queue lives: its driver and its index in the recorder's name table."""
 
-    __slots__ = ("queue_id", "driver", "qi", "depth", "dead_letter", "max_attempts")
+    __slots__ = ("queue_id", "driver", "qi", "depth", "put", "wake", "take", "dead_letter", "max_attempts")
 
     def __init__(self, queue_id: str, driver: Driver, qi: int, depth: Callable[[], int]) -> None:
         self.queue_id = queue_id
         self.driver = driver
         self.qi = qi
         self.depth = depth
+        self.put = driver.putter(queue_id)
+        self.wake = driver.waker(queue_id)
+        self.take = driver.taker(queue_id)
         self.dead_letter: _Route | None = None
         self.max_attempts: int | None = None
 
@@ -90,16 +94,24 @@ class Consumer:
         self._current: dict[int, Delivery] = {}
         self._delayed: dict[asyncio.TimerHandle, Message] = {}
         self._now: Callable[[], float] = time_unset
+        self._push = True
+        self._watching = False
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         if self.running:
             return
         loop = asyncio.get_running_loop()
-        self._now = loop.time
+        self._now = clock_fn(loop)
         self._closing = False
         self.running = True
-        self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
+        self._watching = False
+        # Push mode (in-process drivers): the queue calls us when a message is ready.
+        # Pull mode (brokers): a fetcher task awaits batched takes.
+        self._push = True
+        self._fill()
+        if not self._push:
+            self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
         self._workers = [
             loop.create_task(self._work(w), name=f"{self.id}:worker-{w}") for w in range(self.concurrency)
         ]
@@ -112,6 +124,9 @@ class Consumer:
         timeout = self.entry.lifecycle.stop_timeout if timeout is None else timeout
         self._closing = True
         # 1. no more intake
+        if self._watching:
+            self.route.driver.cancel_notify(self.route.queue_id, self._on_ready)
+            self._watching = False
         if self._fetcher is not None:
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
@@ -142,7 +157,34 @@ class Consumer:
         return clean
 
     # -- intake ---------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """Top the buffer up from the queue without waiting; if the queue runs dry,
+        arrange to hear when it is not (push) or wake the fetcher (pull)."""
+        if self._closing or self._watching:
+            return
+        room = self.prefetch - len(self.buffer)
+        if room <= 0:
+            return
+        got = self.route.take(room)
+        if got:
+            self._deliver(got)
+            if len(got) == room:
+                return
+        if self._push:
+            self._push = self.route.driver.notify_when_ready(self.route.queue_id, self._on_ready)
+            self._watching = self._push
+        if not self._push:
+            waiter = self._room_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _on_ready(self) -> None:
+        """Push mode: the queue says a message is ready (called once per registration)."""
+        self._watching = False
+        self._fill()
+
     async def _fetch_loop(self) -> None:
+        """Pull mode: wait for messages, take a batch of up to the buffer's free room."""
         loop = asyncio.get_running_loop()
         route = self.route
         take = route.driver.take
@@ -162,7 +204,7 @@ class Consumer:
     def _deliver(self, messages: list[Message]) -> None:
         """Messages taken from the queue enter the buffer: one ``deliver`` row each."""
         buffer = self.buffer
-        rows = self._rec.rows
+        append = self._append
         now = self._now()
         qi, ci = self.route.qi, self._ci
         depth = self.route.depth() + len(messages)
@@ -170,7 +212,7 @@ class Consumer:
             buffer.append(m)
             self.unsettled += 1
             depth -= 1
-            rows.append((now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
+            append((now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
         idle = self._idle
         for _ in messages:
             if not idle:
@@ -178,18 +220,6 @@ class Consumer:
             w = idle.popleft()
             if not w.done():
                 w.set_result(None)
-
-    def _refill(self) -> None:
-        """A worker freed a buffer slot: top up from the queue now, or wake the fetcher."""
-        waiter = self._room_waiter
-        if waiter is None:
-            return
-        room = self.prefetch - len(self.buffer)
-        got = self.route.driver.take_nowait(self.route.queue_id, room)
-        if got:
-            self._deliver(got)
-        elif not waiter.done():
-            waiter.set_result(None)
 
     # -- work -------------------------------------------------------------------------------
     async def _work(self, w: int) -> None:
@@ -201,6 +231,8 @@ class Consumer:
         handler = self.handler
         timeout = self.entry.timeout
         queue_id, consumer_id = route.queue_id, self.id
+        ack_inline = route.driver.ack_is_noop
+        current = self._current
         while True:
             if not buffer:
                 if self._closing:
@@ -216,10 +248,9 @@ class Consumer:
             self._append(
                 (self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
             )
-            if self._room_waiter is not None:
-                self._refill()
+            self._fill()
             d = Delivery(msg, queue_id, consumer_id, w, self)
-            self._current[w] = d
+            current[w] = d
             try:
                 if timeout is None:
                     await handler(d)
@@ -234,7 +265,7 @@ class Consumer:
             except asyncio.CancelledError:
                 # Only stop() cancels workers: the handler was interrupted; requeue at the head.
                 d.released = True
-                self._current.pop(w, None)
+                current.pop(w, None)
                 self.busy -= 1
                 if d.settled is None:
                     d.settled = "interrupted"
@@ -253,8 +284,15 @@ class Consumer:
                 self.busy -= 1
                 if d.settled is None:
                     d.settled = "ack"
-                    await self._ack(d)
-            self._current.pop(w, None)
+                    if ack_inline:  # the common case, without a coroutine call
+                        self.unsettled -= 1
+                        self._append((self._now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0,
+                                      depth(), len(buffer), self.busy, self.unsettled))
+                        if self.unsettled == 0:
+                            self.runtime._notify_settled()
+                    else:
+                        await self._ack(d)
+            del current[w]
 
     # -- settling (Delivery calls these too) -----------------------------------------------------
     async def _ack(self, d: Delivery) -> None:
@@ -305,22 +343,23 @@ class Consumer:
             "x_dead_letter_time": self.runtime.unix_time(),
         }
         msg.attempt = 1
-        dl.driver.requeue(dl.queue_id, [msg], front=False)
         self._append(
             (self._now(), EV_DEAD_LETTER, dl.qi, self._ci, worker, msg.seq, 1, 0,
-             dl.depth(), len(self.buffer), self.busy, self.unsettled)
+             dl.depth() + 1, len(self.buffer), self.busy, self.unsettled)
         )
+        dl.driver.requeue(dl.queue_id, [msg], front=False)
 
     def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1) -> None:
+        """Record, then hand back (a requeue may wake a consumer that delivers at once)."""
         route = self.route
-        route.driver.requeue(route.queue_id, messages, front=front)
         rows = self._rec.rows
         now = self._now()
-        depth = route.depth() - len(messages)
+        depth = route.depth()
         for m in messages:
             depth += 1
             rows.append((now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
                          depth, len(self.buffer), self.busy, self.unsettled))
+        route.driver.requeue(route.queue_id, messages, front=front)
 
     def _land_delayed(self, msg: Message) -> None:
         for handle, m in list(self._delayed.items()):
@@ -344,14 +383,14 @@ class Consumer:
         self.buffer.clear()
         self.unsettled -= len(messages)
         route = self.route
-        route.driver.requeue(route.queue_id, messages, front=True)
         rows = self._rec.rows
         now = self._now()
-        depth = route.depth() - len(messages)
+        depth = route.depth()
         for m in messages:
             depth += 1
             rows.append((now, EV_REQUEUE, route.qi, self._ci, -1, m.seq, m.attempt, 0,
                          depth, 0, self.busy, self.unsettled))
+        route.driver.requeue(route.queue_id, messages, front=True)
 
     # -- gauges ---------------------------------------------------------------------------------
     @property

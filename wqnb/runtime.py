@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .clock import is_virtual
+from .clock import clock_fn, is_virtual
 from .consumer import Consumer, _Route
 from .drivers.base import Driver, QueueSpec
 from .drivers.memory import MemoryDriver
@@ -27,7 +27,7 @@ from .handlers.base import FunctionSpec, Handler, HandlerServices
 from .handlers.python import import_callable, python_handler
 from .message import IdSource, Message, encode_body
 from .registry import ConsumerEntry, DriverEntry, Registry
-from .timeline import EV_PUBLISH, EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
+from .timeline import CHUNK, EV_PUBLISH, EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
 
@@ -64,6 +64,7 @@ class Runtime:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix0 = 0.0
+        self._virtual = False
         self.state = "created"
         self._wire()
 
@@ -174,10 +175,11 @@ class Runtime:
         if self._loop is loop:
             return
         self._loop = loop
-        self._now = loop.time
+        self._now = clock_fn(loop)
+        self._virtual = is_virtual(loop)
         if self.recorder.t0 is None:
             self.recorder.t0 = loop.time()
-            self._unix0 = VIRTUAL_EPOCH if is_virtual(loop) else time.time()
+            self._unix0 = VIRTUAL_EPOCH if self._virtual else time.time()
         else:  # a new loop: keep the timeline's t continuous
             pass
 
@@ -249,11 +251,15 @@ class Runtime:
         return route
 
     def _message(self, body: Any, headers: dict[str, Any] | None) -> Message:
-        seq = self._ids.next_seq()
+        ids = self._ids
+        seq = ids._next
+        ids._next = seq + 1
         h = {"timestamp": int(self.unix_time())}
         if headers:
             h.update(headers)
-        return Message(f"{self._ids.prefix}{seq:012x}", seq, encode_body(body), h)
+        if type(body) is not str:
+            body = encode_body(body)
+        return Message(f"{ids.prefix}{seq:012x}", seq, body, h)
 
     async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message; wait while the queue is full. Returns the message id.
@@ -264,15 +270,20 @@ class Runtime:
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
         msg = self._message(body, headers)
-        rec = self.recorder
-        if route.driver.room(queue_id):
-            route.driver.publish_nowait(queue_id, msg)
-        else:
-            rec.rows.append((self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        rows = self.recorder.rows
+        put = route.put
+        if put is None:  # a broker: the driver publishes (and waits) itself
             await route.driver.publish(queue_id, msg)
-        rec.rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
-        if len(rec.rows) >= 32768:
-            rec.compact()
+        elif not put(msg):
+            rows.append((self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+            wait_room = route.driver.wait_room
+            while not put(msg):
+                await wait_room(queue_id)
+        # recorded before anyone is woken, so the message's story starts with its publish
+        rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        route.wake()
+        if len(rows) >= CHUNK:
+            self.recorder.compact()
         return msg.id
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
@@ -286,13 +297,16 @@ class Runtime:
                     "publish_nowait needs the runtime's event loop; call it from code running on "
                     "that loop (a notebook cell, a widget callback), or use rt.sync()"
                 ) from None
-        if not route.driver.room(queue_id):
+        msg = self._message(body, headers)
+        if route.put is None:
+            route.driver.publish_nowait(queue_id, msg)  # a broker: raises QueueFull itself
+        elif not route.put(msg):
+            self._ids._next -= 1  # the id was never used
             raise QueueFull(
                 f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
             )
-        msg = self._message(body, headers)
-        route.driver.publish_nowait(queue_id, msg)
         self.recorder.rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        route.wake()
         self.recorder.maybe_compact()
         return msg.id
 
@@ -335,9 +349,9 @@ class Runtime:
 
     def unix_time(self) -> float:
         """Unix time on the runtime's clock (virtual runs start at 2026-01-01T00:00Z)."""
-        if self._loop is None:
+        if self._loop is None or not self._virtual:
             return time.time()
-        return self._unix0 + (self._loop.time() - (self.recorder.t0 or 0.0))
+        return self._unix0 + (self._now() - (self.recorder.t0 or 0.0))
 
     @property
     def timeline(self) -> Timeline:

@@ -214,7 +214,7 @@ def simulate(
             target = queue
         for fid, fn in (handlers or {}).items():
             rt.register_function(fid, fn)
-        make_body = body or (lambda i: {"id": i})
+        make_body = body or (lambda i: f'{{"id": {i}}}')  # JSON text, as publish would make
         await rt.start()
 
         async def publisher() -> None:

@@ -74,11 +74,13 @@ def messages(tl: Timeline) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
-def gauges(tl: Timeline, consumer: str | None = None) -> pd.DataFrame:
+def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) -> pd.DataFrame:
     """Step series of one consumer and its queue: ``t, event, depth, buffered, busy, unsettled``.
 
     Each row holds the values right after the event (plot with ``drawstyle="steps-post"``).
-    ``consumer`` defaults to the first consumer of the run.
+    ``consumer`` defaults to the first consumer of the run. With ``instants`` (the
+    default) events that share a timestamp collapse to the state after the last of them:
+    a worker that acks and starts its next message at the same instant was never idle.
     """
     df = tl.df
     if consumer is None:
@@ -103,6 +105,10 @@ def gauges(tl: Timeline, consumer: str | None = None) -> pd.DataFrame:
     for g in ("buffered", "busy", "unsettled"):
         v = sel[g].where(on_consumer[on_queue | on_consumer])
         out[g] = v.ffill().fillna(0).astype("int64").to_numpy()
+    if instants and len(out):
+        t = out["t"].to_numpy()
+        last = np.append(t[1:] != t[:-1], True)
+        out = out[last].reset_index(drop=True)
     out.attrs.update(consumer=consumer, queue=queue)
     return out
 

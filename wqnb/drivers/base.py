@@ -28,13 +28,17 @@ Drivers do not record events; the runtime and the consumers do (DESIGN §1).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..message import Message
 
 __all__ = ["Driver", "QueueSpec"]
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,37 @@ class Driver(ABC):
         """Wippy's ``queue.info`` shape: ``{"message_count": n, "ready": n}``."""
         n = self.depth(queue_id)
         return {"message_count": n, "ready": n}
+
+    # -- fast paths: per-queue callables fetched once, used per message ---------------------
+    def putter(self, queue_id: str) -> Callable[[Message], bool] | None:
+        """In-process drivers: ``put(message) -> bool``, append now without waking anyone
+        (False when full). The runtime records the ``publish`` row, then calls the
+        :meth:`waker`, so a ``deliver`` is never recorded before its ``publish``.
+        ``None`` (brokers): the runtime awaits :meth:`publish`.
+        """
+        return None
+
+    def waker(self, queue_id: str) -> Callable[[], None]:
+        """``wake()``: tell one waiting consumer that messages are ready (after ``put``)."""
+        return _nothing
+
+    async def wait_room(self, queue_id: str) -> None:
+        """Wait until ``put`` may succeed (the queue is below ``max_length``)."""
+
+    def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
+        """``take(n)``: :meth:`take_nowait` bound to one queue."""
+        return lambda n: self.take_nowait(queue_id, n)
+
+    def notify_when_ready(self, queue_id: str, callback: Callable[[], None]) -> bool:
+        """Call ``callback()`` once, synchronously, when a message becomes ready.
+
+        Push delivery for in-process drivers: the consumer then needs no fetcher task.
+        Returns False when the driver cannot (brokers): the consumer awaits :meth:`take`.
+        """
+        return False
+
+    def cancel_notify(self, queue_id: str, callback: Callable[[], None]) -> None:
+        """Withdraw a :meth:`notify_when_ready` callback that has not fired."""
 
     def has_queue(self, queue_id: str) -> bool:
         """True if ``queue_id`` was declared on this driver."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import QueueFull, QueueNotFound
@@ -22,10 +22,11 @@ __all__ = ["MemoryDriver", "MemoryQueue"]
 
 
 class MemoryQueue:
-    """One queue: ready messages, and the futures of those waiting on it.
+    """One queue: ready messages, and those waiting on it.
 
-    Waiters are woken with a bare signal (``set_result(None)``) and take messages
-    themselves after they resume, so a cancelled waiter can never lose a message.
+    A waiter is a future (woken with a bare signal: it takes messages itself after it
+    resumes, so a cancelled waiter can never lose a message) or a one-shot callback
+    registered by a consumer in push mode (called synchronously, it takes at once).
     """
 
     __slots__ = ("spec", "capacity", "ready", "_takers", "_putters")
@@ -34,15 +35,32 @@ class MemoryQueue:
         self.spec = spec
         self.capacity = spec.max_length
         self.ready: deque[Message] = deque()
-        self._takers: deque[asyncio.Future[None]] = deque()
+        self._takers: deque[asyncio.Future[None] | Callable[[], None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
 
-    def _wake_one(self, waiters: deque[asyncio.Future[None]]) -> None:
+    @staticmethod
+    def _wake_one(waiters: deque) -> None:
         while waiters:
             w = waiters.popleft()
-            if not w.done():
-                w.set_result(None)
+            if isinstance(w, asyncio.Future):
+                if not w.done():
+                    w.set_result(None)
+                    return
+            else:
+                w()  # a consumer's push callback: it takes what it can right now
                 return
+
+    def put(self, message: Message) -> bool:
+        """Append if there is room, waking no one yet (the publish fast path); False when full."""
+        ready = self.ready
+        if len(ready) >= self.capacity:
+            return False
+        ready.append(message)
+        return True
+
+    def wake(self) -> None:
+        if self._takers:
+            self._wake_one(self._takers)
 
     def append(self, message: Message) -> None:
         self.ready.append(message)
@@ -157,6 +175,29 @@ class MemoryDriver(Driver):
             if not q._takers:
                 break
             q._wake_one(q._takers)
+
+    def putter(self, queue_id: str) -> Callable[[Message], bool]:
+        return self._queue(queue_id).put
+
+    def waker(self, queue_id: str) -> Callable[[], None]:
+        return self._queue(queue_id).wake
+
+    async def wait_room(self, queue_id: str) -> None:
+        await self._queue(queue_id).wait_room()
+
+    def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
+        return self._queue(queue_id).take_nowait
+
+    def notify_when_ready(self, queue_id: str, callback: Callable[[], None]) -> bool:
+        self._queue(queue_id)._takers.append(callback)
+        return True
+
+    def cancel_notify(self, queue_id: str, callback: Callable[[], None]) -> None:
+        takers = self._queue(queue_id)._takers
+        try:
+            takers.remove(callback)
+        except ValueError:
+            pass
 
     def depth(self, queue_id: str) -> int:
         return len(self._queue(queue_id).ready)

@@ -229,3 +229,39 @@ def test_overview_renders_to_png(tl):
     assert buf.getvalue().startswith(b"\x89PNG")
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert any("who handled what" in t for t in titles)
+
+
+def test_step_thinning_keeps_the_picture():
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.random(50_000)) * 100
+    v = np.cumsum(rng.choice([-1.0, 1.0], 50_000))
+    x, y = plot._steps(t, v, max_points=2000)
+    assert len(x) <= 2000
+    assert (x[0], y[0], x[-1], y[-1]) == (t[0], v[0], t[-1], v[-1])
+    # each of the 500 time bins (under 2 pixels on a wide figure) keeps its extremes;
+    # checked on groups of 10 bins, away from float rounding at the bin edges
+    edges = t[0] + (t[-1] - t[0]) * np.arange(0, 501, 10) / 500
+    for lo, hi in zip(edges[:-1] + 1e-9, edges[1:] - 1e-9, strict=True):
+        sel, kept = (t >= lo) & (t < hi), (x >= lo) & (x < hi)
+        assert y[kept].max() == v[sel].max() and y[kept].min() == v[sel].min()
+    # a series that rarely changes loses only its repeated rows: exact
+    steady = np.repeat([0.0, 3.0, 1.0], 1000)
+    x, y = plot._steps(np.arange(3000.0), steady)
+    assert y.tolist() == [0.0, 3.0, 1.0, 1.0] and x.tolist() == [0.0, 1000.0, 2000.0, 2999.0]
+
+
+def test_real_run_with_failures_marks_every_dead_letter():
+    import wqnb
+
+    tl = wqnb.simulate(concurrency=3, prefetch=5, messages=300, failure_rate=0.3,
+                       max_attempts=2, seed=4)
+    s = tl.summary()
+    assert s["dead_lettered"] > 0
+    ax = plot.gantt(tl, "sim:worker")
+    (marks,) = [c for c in ax.collections if not isinstance(c, PolyCollection)]
+    assert len(marks.get_offsets()) == s["dead_lettered"]
+    n_bars = sum(len(c.get_paths()) for c in ax.collections if isinstance(c, PolyCollection))
+    assert n_bars == s["acked"] + s["nacked"]
+    g = plot.gauges(tl)
+    busy = line(g, "busy workers").get_ydata()
+    assert np.nanmax(busy) == 3  # saturated, never above concurrency

@@ -146,7 +146,8 @@ class Explorer:
     >>> ex.concurrency.value = 8                      # same as moving the slider
     >>> ex.summary["throughput"], ex.timeline         # what is shown, as data
 
-    ``messages`` is capped at 10,000 so that a redraw stays under a second. Pass
+    ``messages`` is capped at 10,000 so that a redraw stays under a second;
+    ``arrival_rate=None`` (or ``burst=True``) publishes every message at t = 0. Pass
     ``simulate=`` to drive another simulation function with the same keywords.
     """
 
@@ -155,7 +156,7 @@ class Explorer:
         *,
         concurrency: int = 4,
         prefetch: int = 10,
-        arrival_rate: float = 80.0,
+        arrival_rate: float | None = 80.0,
         service_time: float = 0.05,
         distribution: str = "exponential",
         failure_rate: float = 0.0,
@@ -185,6 +186,8 @@ class Explorer:
         self.prefetch = sel("prefetch", 1, 10000, prefetch)
         self.max_length = sel("max_length", 1, 100_000, max_length)
         self.messages = sel("messages", 10, 10_000, messages)
+        if arrival_rate is None:  # simulate()'s "all at t = 0"
+            burst, arrival_rate = True, 80.0
         self.arrival_rate = W.FloatLogSlider(
             value=arrival_rate, base=10, min=-1, max=4, step=0.05, description="arrivals (/s)",
             readout_format=".3g", continuous_update=False, style=_STYLE, layout=_LAYOUT)
@@ -404,6 +407,7 @@ class Sweep:
         except RuntimeError:  # no loop (a plain script, a test): just run it
             self.run()
             return
+        self.button.disabled = True  # at once: a second click must not start a second run
         self.task = loop.create_task(self.arun())
 
     def __repr__(self) -> str:

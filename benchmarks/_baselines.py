@@ -63,7 +63,9 @@ async def bare_asyncio_pipeline_async(
 
     ``events``: a list to append the ``(t, msg_id, kind)`` tuples to (a fresh one otherwise)."""
     if n < 1 or concurrency < 1 or prefetch < 1:
-        raise ValueError(f"n, concurrency and prefetch must be >= 1, got {n}, {concurrency}, {prefetch}")
+        raise ValueError(
+            f"n, concurrency and prefetch must be >= 1, got {n}, {concurrency}, {prefetch}"
+        )
     q: asyncio.Queue = asyncio.Queue(maxsize=prefetch)
     inflight: dict[int, bytes] = {}
     log: list[Event] = [] if events is None else events
@@ -229,8 +231,10 @@ def interleaved_detail(
             ra = _rate(a(), "a")
         ras.append(ra)
         rbs.append(rb)
-    ratios = tuple(x / y for x, y in zip(ras, rbs))
-    return PairResult(statistics.median(ratios), statistics.median(ras), statistics.median(rbs), ratios)
+    ratios = tuple(x / y for x, y in zip(ras, rbs, strict=True))
+    return PairResult(
+        statistics.median(ratios), statistics.median(ras), statistics.median(rbs), ratios
+    )
 
 
 def interleaved(runs: int, a: Callable[[], Any], b: Callable[[], Any], warmup: int = 1) -> float:
@@ -241,9 +245,13 @@ def interleaved(runs: int, a: Callable[[], Any], b: Callable[[], Any], warmup: i
 def _main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Print the baseline figures (perf-anchors §1 grid).")
+    parser = argparse.ArgumentParser(
+        description="Print the baseline figures (perf-anchors §1 grid)."
+    )
     parser.add_argument("-n", type=int, default=100_000, help="messages per run (default 100000)")
-    parser.add_argument("--runs", type=int, default=5, help="interleaved pairs per cell (default 5)")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="interleaved pairs per cell (default 5)"
+    )
     args = parser.parse_args(argv)
 
     print(f"bare asyncio pipeline, n={args.n}, median of {args.runs} interleaved pairs")
@@ -251,8 +259,8 @@ def _main(argv: list[str] | None = None) -> None:
     for conc, pf in [(1, 10), (1, 100), (4, 10), (4, 100), (64, 10), (64, 100)]:
         res = interleaved_detail(
             args.runs,
-            lambda: bare_asyncio_pipeline(args.n, conc, pf, record=False),
-            lambda: bare_asyncio_pipeline(args.n, conc, pf, record=True),
+            lambda c=conc, p=pf: bare_asyncio_pipeline(args.n, c, p, record=False),
+            lambda c=conc, p=pf: bare_asyncio_pipeline(args.n, c, p, record=True),
         )
         print(f"{conc:>5} {pf:>5} {res.a:>10,.0f} {res.b:>10,.0f} {1 - 1 / res.ratio:>8.1%}")
 

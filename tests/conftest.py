@@ -44,7 +44,7 @@ def chromium_executable() -> str:
         path = cand and shutil.which(cand)
         if path:
             return path
-    msg = "Chromium not found (apt-get install chromium fonts-dejavu-core; never `playwright install`)"
+    msg = "Chromium not found: apt-get install chromium (never `playwright install`)"
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)

@@ -22,7 +22,7 @@ def test_bare_pipeline_records_one_deliver_then_one_ack_per_message(concurrency,
     assert rate > 0
     assert Counter(kind for _, _, kind in events) == {"deliver": 500, "ack": 500}
     first: dict[int, str] = {}
-    for t, msg_id, kind in events:
+    for _t, msg_id, kind in events:
         first.setdefault(msg_id, kind)
     assert set(first) == set(range(500)) and set(first.values()) == {"deliver"}
     times = [t for t, _, _ in events]
@@ -59,7 +59,11 @@ def test_simpy_mmc_agrees_with_erlang_c_and_records_three_events():
     res = bl.simpy_mmc(20_000, 4, 60.0, 0.05, seed=3, events=events)
     assert res.msgs_per_s > 0
     assert res.mean_sojourn == pytest.approx(bl.mmc_mean_sojourn(60.0, 0.05, 4), rel=0.08)
-    assert Counter(kind for _, _, kind in events) == {"publish": 20_000, "deliver": 20_000, "ack": 20_000}
+    assert Counter(kind for _, _, kind in events) == {
+        "publish": 20_000,
+        "deliver": 20_000,
+        "ack": 20_000,
+    }
 
 
 def test_simpy_mmc_is_deterministic_per_seed():

@@ -87,14 +87,24 @@ def test_environment_file_has_every_user_dependency(path):
 def test_dev_environment_has_test_and_browser_extras():
     names = env_package_names("environment.yml")
     extras = pyproject()["project"]["optional-dependencies"]
-    missing = [r for r in extras["test"] + extras["browser"] if canonicalize_name(Requirement(r).name) not in names]
+    missing = [
+        r
+        for r in extras["test"] + extras["browser"]
+        if canonicalize_name(Requirement(r).name) not in names
+    ]
     assert not missing, f"environment.yml lacks {missing}"
 
 
 def test_pyproject_keeps_its_extras_and_script():
     project = pyproject()["project"]
     assert set(project["optional-dependencies"]) >= {
-        "lua", "notebook", "parquet", "redis", "amqp", "test", "browser"
+        "lua",
+        "notebook",
+        "parquet",
+        "redis",
+        "amqp",
+        "test",
+        "browser",
     }
     assert project["scripts"]["wqnb"] == "wqnb.cli:main"
     assert project["requires-python"] == ">=3.11"
@@ -126,7 +136,10 @@ def test_ci_runs_the_readme_test_command():
     assert any(test_cmd in ln for ln in code), f".ci/run does not call {test_cmd!r}"
 
 
-@pytest.mark.parametrize("script", [".ci/run", "scripts/test", "scripts/quickstart", "scripts/_lib.sh", "binder/postBuild"])
+@pytest.mark.parametrize(
+    "script",
+    [".ci/run", "scripts/test", "scripts/quickstart", "scripts/_lib.sh", "binder/postBuild"],
+)
 def test_shell_scripts_are_valid_bash(script):
     result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
     assert result.returncode == 0, f"{script}: {result.stderr}"
@@ -136,7 +149,11 @@ def test_quickstart_help_runs_without_installing(tmp_path):
     # --help must answer before any venv work (it touches nothing).
     env = dict(os.environ, WQNB_VENV=str(tmp_path / "no-venv"))
     result = subprocess.run(
-        [str(ROOT / "scripts/quickstart"), "--help"], capture_output=True, text=True, env=env, timeout=30
+        [str(ROOT / "scripts/quickstart"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert "--headless" in result.stdout
@@ -152,6 +169,13 @@ def test_readme_badge_points_at_an_existing_notebook():
         pytest.skip("notebooks/ has no notebook yet, so the badge's target cannot be checked")
     target = ROOT / match.group("path")
     assert target.is_file(), f"the Binder badge opens {match.group('path')}, which does not exist"
+
+
+def test_readme_relative_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\((?!https?:|mailto:|#)([^)\s]+)\)", text)
+    missing = [t for t in targets if not (ROOT / t.split("#")[0]).exists()]
+    assert not missing, f"README.md links to paths that do not exist: {missing}"
 
 
 def test_readme_keeps_the_sections_others_fill():

@@ -189,25 +189,31 @@ def _short(name: str | None) -> str:
     return "" if name is None else str(name).split(":", 1)[-1]
 
 
-def _merge_spans(starts: np.ndarray, ends: np.ndarray) -> list[tuple[float, float]]:
-    """Union of intervals, as ``(start, width)`` pairs for ``broken_barh``."""
+def _merge_spans(
+    starts: np.ndarray, ends: np.ndarray, join: float = 0.0
+) -> list[tuple[float, float]]:
+    """Union of intervals, as ``(start, width)`` pairs for ``broken_barh``; intervals less
+    than ``join`` apart are merged too."""
     if len(starts) == 0:
         return []
     order = np.argsort(starts, kind="stable")
     spans: list[list[float]] = []
     for s, e in zip(starts[order], ends[order], strict=True):
-        if spans and s <= spans[-1][1]:
+        if spans and s <= spans[-1][1] + join:
             spans[-1][1] = max(spans[-1][1], e)
         else:
             spans.append([s, e])
     return [(s, max(e - s, 0.0)) for s, e in spans]
 
 
-def publish_wait_spans(tl: Timeline, queue: str | None = None) -> list[tuple[float, float]]:
+def publish_wait_spans(
+    tl: Timeline, queue: str | None = None, *, join: float = 0.0
+) -> list[tuple[float, float]]:
     """When publishers were blocked on a full queue, as merged ``(start, width)`` spans.
 
     A ``publish_wait`` row opens a wait and the same message's ``publish`` row closes it;
     a wait that never closed (the run stopped first) lasts to the end of the timeline.
+    Waits less than ``join`` seconds apart count as one span (for drawing: a pixel).
     """
     df = tl.df
     if not len(df):
@@ -224,7 +230,7 @@ def publish_wait_spans(tl: Timeline, queue: str | None = None) -> list[tuple[flo
     end = waits["msg_id"].map(first_pub).astype(float)
     t_end = float(df["t"].max())
     ends = end.fillna(t_end).to_numpy()
-    return _merge_spans(waits["t"].to_numpy(dtype=float), ends)
+    return _merge_spans(waits["t"].to_numpy(dtype=float), ends, join)
 
 
 # -- the worker Gantt ------------------------------------------------------------------
@@ -341,6 +347,7 @@ def gauges(
     start: float | None = None,
     end: float | None = None,
     legend: bool | str = True,
+    headroom: float = 1.12,
 ) -> Axes:
     """The gauges of one consumer and its queue as step lines over time.
 
@@ -350,7 +357,8 @@ def gauges(
     colour: ``max_length`` for depth, ``prefetch``, ``concurrency`` and
     ``prefetch + concurrency``. With ``waits`` the stretches where a publisher was blocked
     on a full queue are shaded. The legend sits right of the axes; ``legend="upper left"``
-    (any matplotlib ``loc``) puts it inside, ``legend=False`` leaves it out.
+    (any matplotlib ``loc``) puts it inside, ``legend=False`` leaves it out; ``headroom``
+    is the top of the y axis as a multiple of the highest line (room for that legend).
     """
     ax = _new_ax(ax)
     consumer = _pick_consumer(tl, consumer)
@@ -376,13 +384,15 @@ def gauges(
             top = max(top, bound)
     if waits:
         info = tl.consumers.get(consumer) if consumer is not None else None
-        spans = publish_wait_spans(tl, info.queue if info is not None else None)
+        t_span = float(t[-1] - t[0]) if len(t) else 0.0
+        spans = publish_wait_spans(tl, info.queue if info is not None else None,
+                                   join=t_span / 2000)  # closer than a pixel: one span
         if spans:
             ax.broken_barh(spans, (0, 1), transform=ax.get_xaxis_transform(),
                            facecolors="#9b2226", alpha=0.12, label="publisher waiting")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("messages")
-    ax.set_ylim(0, top * 1.12)
+    ax.set_ylim(0, top * headroom)
     if len(t):
         ax.set_xlim(0, max(float(t[-1]), 1e-9))
     ax.set_title(f"{_short(consumer)}: gauges" if consumer else "gauges", loc="left",
@@ -391,7 +401,7 @@ def gauges(
         ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1.0),
                   borderaxespad=0)
     elif legend:
-        ax.legend(loc=legend, fontsize="x-small", ncols=2, framealpha=0.8)
+        ax.legend(loc=legend, fontsize="x-small", ncols=3, framealpha=0.8)
     _window(start, end, ax)
     return ax
 
@@ -482,7 +492,7 @@ def latency(
     ax.set_xlabel("time (s)")
     ax.set_title("latency split: queue, buffer, service", loc="left", fontsize="medium")
     if legend and len(allv):
-        ax.legend(fontsize="small", loc="best")
+        ax.legend(fontsize="small", loc="upper right" if kind == "hist" else "lower right")
     return ax
 
 
@@ -626,12 +636,13 @@ def overview(
     try:
         gantt(tl, consumer, ax=ax_g)
         ax_g.set_xlabel("")
-        gauges(tl, consumer, which=("depth",), ax=ax_q, legend="best")
+        # legends inside, above the lines (a "best" legend costs seconds on big runs)
+        gauges(tl, consumer, which=("depth",), ax=ax_q, legend="upper left", headroom=1.5)
         ax_q.set_title("queue depth (shaded: publishers waiting)", loc="left",
                        fontsize="medium")
         ax_q.set_xlabel("")
         gauges(tl, consumer, which=("buffered", "busy", "unsettled"), ax=ax_c, waits=False,
-               legend="best")
+               legend="upper left", headroom=1.6)
         ax_c.set_title("consumer gauges", loc="left", fontsize="medium")
         latency(tl, consumer, kind="hist", ax=ax_h)
         latency(tl, consumer, kind="cdf", ax=ax_cdf)

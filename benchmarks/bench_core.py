@@ -82,12 +82,9 @@ def dataframe_cost(n_events: int = 1_000_000) -> tuple[float, float]:
     rec.t0 = 0.0
     rec.queue_index("q")
     rec.consumer_index("c")
-    rows = rec.rows
+    write, pack = rec.buf.extend, rec.pack
     for i in range(n_events):
-        rows.append((i * 1e-3, i & 7, 0, 0 if i & 7 else -1, i & 3, i // 5, 1, 0, 5, 3, 2, 5))
-        if len(rows) >= 32768:
-            rec.compact()
-    rec.compact()
+        write(pack(i * 1e-3, i & 7, 0, 0 if i & 7 else -1, i & 3, i // 5, 1, 0, 5, 3, 2, 5))
     per_event = rec.nbytes() / n_events
     gc.collect()
     t0 = time.perf_counter()

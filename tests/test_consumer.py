@@ -550,12 +550,6 @@ def test_stop_timeout_cancels_requeues_at_the_head_and_names_the_consumer():
     assert set(last) == {"requeue", "publish"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: wqnb/consumer.py requeues each interrupted handler's message with "
-    "front=True one at a time as its task unwinds, so several interrupted messages land at "
-    "the head in reverse order (queue m1, m0, m2 ... instead of m0, m1, m2 ...)",
-)
 def test_stop_timeout_with_several_interrupted_handlers_keeps_their_order():
     async def main():
         rt = runtime(lambda b: asyncio.sleep(100), concurrency=3, prefetch=2, stop_timeout=1)

@@ -142,11 +142,6 @@ def test_sync_facade_must_be_opened():
         app.publish(Q, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SyncRuntime.publish/drain/stop build the coroutine before _call checks that "
-    "the facade is open, so the refusal also leaks a 'coroutine was never awaited' warning",
-)
 def test_sync_facade_refusal_leaves_no_unawaited_coroutine():
     import gc
     import warnings

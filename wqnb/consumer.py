@@ -81,7 +81,8 @@ class Consumer:
         rec = runtime.recorder
         self._ci = rec.consumer_index(entry.id)
         self._rec = rec
-        self._append = rec.rows.append  # the list is cleared on compaction, never replaced
+        self._w = rec.buf.extend  # record an event: self._w(self._pack(t, event, ...))
+        self._pack = rec.pack
         self.buffer: deque[Message] = deque()
         self.busy = 0
         self.unsettled = 0
@@ -96,6 +97,8 @@ class Consumer:
         self._now: Callable[[], float] = time_unset
         self._push = True
         self._watching = False
+        self._starts = 0
+        self._interrupted: list[tuple[int, int, Message]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -149,6 +152,9 @@ class Consumer:
                 for task in still:
                     task.cancel()
                 await asyncio.gather(*still, return_exceptions=True)
+                # ahead of the buffered ones (handed back above): they were delivered first
+                interrupted, self._interrupted = sorted(self._interrupted), []
+                self._requeue_interrupted([(w, msg) for _, w, msg in interrupted])
         self._flush_delayed()
         self._workers = []
         self.running = False
@@ -204,7 +210,7 @@ class Consumer:
     def _deliver(self, messages: list[Message]) -> None:
         """Messages taken from the queue enter the buffer: one ``deliver`` row each."""
         buffer = self.buffer
-        append = self._append
+        w, pack = self._w, self._pack
         now = self._now()
         qi, ci = self.route.qi, self._ci
         depth = self.route.depth() + len(messages)
@@ -212,7 +218,7 @@ class Consumer:
             buffer.append(m)
             self.unsettled += 1
             depth -= 1
-            append((now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
+            w(pack(now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
         idle = self._idle
         for _ in messages:
             if not idle:
@@ -245,8 +251,10 @@ class Consumer:
                 return
             msg = buffer.popleft()
             self.busy += 1
-            self._append(
-                (self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
+            self._starts += 1
+            started = self._starts
+            self._w(self._pack(
+                self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
             )
             self._fill()
             d = Delivery(msg, queue_id, consumer_id, w, self)
@@ -263,7 +271,8 @@ class Consumer:
                             raise TimeoutError(f"handler timed out after {format_duration(timeout)}") from e
                         raise
             except asyncio.CancelledError:
-                # Only stop() cancels workers: the handler was interrupted; requeue at the head.
+                # Only stop() cancels workers: the handler was interrupted. stop() requeues
+                # the interrupted messages at the head together, in the order they started.
                 d.released = True
                 current.pop(w, None)
                 self.busy -= 1
@@ -271,7 +280,7 @@ class Consumer:
                     d.settled = "interrupted"
                     self.unsettled -= 1
                     msg.attempt += 1
-                    self._requeue([msg], front=True, worker=w)
+                    self._interrupted.append((started, w, msg))
                 raise
             except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
                 d.released = True
@@ -286,7 +295,7 @@ class Consumer:
                     d.settled = "ack"
                     if ack_inline:  # the common case, without a coroutine call
                         self.unsettled -= 1
-                        self._append((self._now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0,
+                        self._w(self._pack(self._now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0,
                                       depth(), len(buffer), self.busy, self.unsettled))
                         if self.unsettled == 0:
                             self.runtime._notify_settled()
@@ -301,8 +310,8 @@ class Consumer:
         self.unsettled -= 1
         if not route.driver.ack_is_noop:
             await route.driver.ack(route.queue_id, [msg])
-        self._append(
-            (self._now(), EV_ACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, 0,
+        self._w(self._pack(
+            self._now(), EV_ACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, 0,
              route.depth(), len(self.buffer), self.busy, self.unsettled)
         )
         if self.unsettled == 0:
@@ -314,8 +323,8 @@ class Consumer:
         self.unsettled -= 1
         rec = self._rec
         now = self._now()
-        self._append(
-            (now, EV_NACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, rec.error_index(error),
+        self._w(self._pack(
+            now, EV_NACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, rec.error_index(error),
              route.depth(), len(self.buffer), self.busy, self.unsettled)
         )
         dl = route.dead_letter
@@ -343,8 +352,8 @@ class Consumer:
             "x_dead_letter_time": self.runtime.unix_time(),
         }
         msg.attempt = 1
-        self._append(
-            (self._now(), EV_DEAD_LETTER, dl.qi, self._ci, worker, msg.seq, 1, 0,
+        self._w(self._pack(
+            self._now(), EV_DEAD_LETTER, dl.qi, self._ci, worker, msg.seq, 1, 0,
              dl.depth() + 1, len(self.buffer), self.busy, self.unsettled)
         )
         dl.driver.requeue(dl.queue_id, [msg], front=False)
@@ -352,14 +361,27 @@ class Consumer:
     def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1) -> None:
         """Record, then hand back (a requeue may wake a consumer that delivers at once)."""
         route = self.route
-        rows = self._rec.rows
+        w, pack = self._w, self._pack
         now = self._now()
         depth = route.depth()
         for m in messages:
             depth += 1
-            rows.append((now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
+            w(pack(now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
                          depth, len(self.buffer), self.busy, self.unsettled))
         route.driver.requeue(route.queue_id, messages, front=front)
+
+    def _requeue_interrupted(self, items: list[tuple[int, Message]]) -> None:
+        """Handlers cut off by the stop timeout: their messages go to the head, in the
+        order they started (ahead of the buffered ones, which were delivered later)."""
+        route = self.route
+        w, pack = self._w, self._pack
+        now = self._now()
+        depth = route.depth()
+        for worker, m in items:
+            depth += 1
+            w(pack(now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
+                   depth, len(self.buffer), self.busy, self.unsettled))
+        route.driver.requeue(route.queue_id, [m for _, m in items], front=True)
 
     def _land_delayed(self, msg: Message) -> None:
         for handle, m in list(self._delayed.items()):
@@ -383,12 +405,12 @@ class Consumer:
         self.buffer.clear()
         self.unsettled -= len(messages)
         route = self.route
-        rows = self._rec.rows
+        w, pack = self._w, self._pack
         now = self._now()
         depth = route.depth()
         for m in messages:
             depth += 1
-            rows.append((now, EV_REQUEUE, route.qi, self._ci, -1, m.seq, m.attempt, 0,
+            w(pack(now, EV_REQUEUE, route.qi, self._ci, -1, m.seq, m.attempt, 0,
                          depth, 0, self.busy, self.unsettled))
         route.driver.requeue(route.queue_id, messages, front=True)
 

@@ -27,7 +27,7 @@ from .handlers.base import FunctionSpec, Handler, HandlerServices
 from .handlers.python import import_callable, python_handler
 from .message import IdSource, Message, encode_body
 from .registry import ConsumerEntry, DriverEntry, Registry
-from .timeline import CHUNK, EV_PUBLISH, EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
+from .timeline import EV_PUBLISH, EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
 
@@ -55,6 +55,8 @@ class Runtime:
         self.recorder = recorder or Recorder()
         self._ids = IdSource()
         self.recorder.id_prefix = self._ids.prefix
+        self._w = self.recorder.buf.extend
+        self._pack = self.recorder.pack
         self._functions: dict[str, Callable[..., Any]] = {}
         self._offload: dict[str, bool | None] = {}
         self.drivers: dict[str, Driver] = {}
@@ -270,20 +272,18 @@ class Runtime:
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
         msg = self._message(body, headers)
-        rows = self.recorder.rows
+        w, pack = self._w, self._pack
         put = route.put
         if put is None:  # a broker: the driver publishes (and waits) itself
             await route.driver.publish(queue_id, msg)
         elif not put(msg):
-            rows.append((self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+            w(pack(self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
             wait_room = route.driver.wait_room
             while not put(msg):
                 await wait_room(queue_id)
         # recorded before anyone is woken, so the message's story starts with its publish
-        rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        w(pack(self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
         route.wake()
-        if len(rows) >= CHUNK:
-            self.recorder.compact()
         return msg.id
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
@@ -305,9 +305,8 @@ class Runtime:
             raise QueueFull(
                 f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
             )
-        self.recorder.rows.append((self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        self._w(self._pack(self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
         route.wake()
-        self.recorder.maybe_compact()
         return msg.id
 
     # -- waiting for quiet -------------------------------------------------------------------------
@@ -415,9 +414,11 @@ class SyncRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _check_open(self) -> None:
         if self._loop is None:
             raise RuntimeStateError("SyncRuntime is not open: use 'with rt.sync() as app:' or app.open()")
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result()
 
@@ -448,12 +449,15 @@ class SyncRuntime:
         self.close()
 
     def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+        self._check_open()
         return self._call(self.runtime.publish(queue_id, body, headers))
 
     def drain(self, timeout: float | None = None) -> None:
+        self._check_open()
         self._call(self.runtime.drain(timeout))
 
     def stop(self) -> None:
+        self._check_open()
         self._call(self.runtime.stop())
 
     @property

@@ -34,32 +34,31 @@ __all__ = ["VirtualTimeLoop", "clock_fn", "run_virtual", "in_running_loop", "is_
 T = TypeVar("T")
 
 
+def _init_handle(h: asyncio.Handle, callback, args, loop, context) -> None:  # noqa: ANN001
+    """What ``Handle.__init__`` does, minus the debug-mode checks (never on here)."""
+    h._context = context if context is not None else contextvars.copy_context()
+    h._loop = loop
+    h._callback = callback
+    h._args = args
+    h._cancelled = False
+    h._repr = None
+    h._source_traceback = None
+
+
 class _Handle(asyncio.Handle):
     """An ``asyncio.Handle`` without the debug bookkeeping (the virtual loop never debugs)."""
 
     __slots__ = ()
 
     def __init__(self, callback, args, loop, context=None):  # noqa: ANN001 - asyncio's signature
-        self._context = context if context is not None else contextvars.copy_context()
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+        _init_handle(self, callback, args, loop, context)
 
 
 class _Timer(asyncio.TimerHandle):
     __slots__ = ()
 
     def __init__(self, when, callback, args, loop, context=None):  # noqa: ANN001
-        self._context = context if context is not None else contextvars.copy_context()
-        self._loop = loop
-        self._callback = callback
-        self._args = args
-        self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+        _init_handle(self, callback, args, loop, context)
         self._when = when
         self._scheduled = True
 

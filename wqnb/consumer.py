@@ -358,30 +358,23 @@ class Consumer:
         )
         dl.driver.requeue(dl.queue_id, [msg], front=False)
 
-    def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1) -> None:
+    def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1,
+                 workers: list[int] | None = None) -> None:
         """Record, then hand back (a requeue may wake a consumer that delivers at once)."""
         route = self.route
         w, pack = self._w, self._pack
         now = self._now()
         depth = route.depth()
-        for m in messages:
+        for i, m in enumerate(messages):
             depth += 1
-            w(pack(now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
-                         depth, len(self.buffer), self.busy, self.unsettled))
+            w(pack(now, EV_REQUEUE, route.qi, self._ci, workers[i] if workers else worker, m.seq,
+                   m.attempt, 0, depth, len(self.buffer), self.busy, self.unsettled))
         route.driver.requeue(route.queue_id, messages, front=front)
 
     def _requeue_interrupted(self, items: list[tuple[int, Message]]) -> None:
         """Handlers cut off by the stop timeout: their messages go to the head, in the
         order they started (ahead of the buffered ones, which were delivered later)."""
-        route = self.route
-        w, pack = self._w, self._pack
-        now = self._now()
-        depth = route.depth()
-        for worker, m in items:
-            depth += 1
-            w(pack(now, EV_REQUEUE, route.qi, self._ci, worker, m.seq, m.attempt, 0,
-                   depth, len(self.buffer), self.busy, self.unsettled))
-        route.driver.requeue(route.queue_id, [m for _, m in items], front=True)
+        self._requeue([m for _, m in items], front=True, workers=[w for w, _ in items])
 
     def _land_delayed(self, msg: Message) -> None:
         for handle, m in list(self._delayed.items()):
@@ -399,20 +392,13 @@ class Consumer:
             self._requeue([msg], front=False)
 
     def _return_buffered(self) -> None:
+        """Stop: messages no worker started go back to the head, in order, same attempt."""
         if not self.buffer:
             return
         messages = list(self.buffer)
         self.buffer.clear()
         self.unsettled -= len(messages)
-        route = self.route
-        w, pack = self._w, self._pack
-        now = self._now()
-        depth = route.depth()
-        for m in messages:
-            depth += 1
-            w(pack(now, EV_REQUEUE, route.qi, self._ci, -1, m.seq, m.attempt, 0,
-                         depth, 0, self.busy, self.unsettled))
-        route.driver.requeue(route.queue_id, messages, front=True)
+        self._requeue(messages, front=True)
 
     # -- gauges ---------------------------------------------------------------------------------
     @property

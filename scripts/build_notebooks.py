@@ -92,7 +92,7 @@ def tidy(nb: nbformat.NotebookNode) -> None:
     nb.metadata["language_info"] = {"name": "python"}
 
 
-def build(src: Path, *, timeout: int = 600) -> Path:
+def build(src: Path, *, timeout: int = 300) -> Path:
     nb = notebook_from_source(src)
     client = NotebookClient(
         nb,

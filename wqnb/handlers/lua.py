@@ -1,0 +1,279 @@
+"""Lua handlers (``function.lua``) on lupa's Lua 5.4: load, sandbox, budget, and the bridge
+between a Lua coroutine and asyncio.
+
+How a delivery runs: each Lua runtime (one per function entry) keeps a pool of *runner*
+coroutines. Python resumes a runner with the message body; the handler runs until it
+returns (ack), returns ``nil, err`` (nack), raises (nack), or calls something that must
+wait (``time.sleep``, ``queue.publish``, ``msg:ack()``). Waiting is a ``yield`` to this
+module, which awaits the runtime's service and resumes the runner with the result, so
+only that handler waits: the loop and the other workers keep running.
+
+Why Lua 5.4 (``lupa.lua54``) rather than lupa's default 5.5 or LuaJIT: see docs/lua.md.
+In short, LuaJIT's debug hooks do not fire inside compiled loops (no instruction budget)
+and 5.5 rejects 5.1-style code that assigns to a loop variable; speed is within noise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import lupa.lua54 as engine
+
+from ..durations import parse_duration
+from ..errors import AlreadySettled, ConfigError, HandlerError, MessageReleased, QueueNotFound
+from ..lua import MODULES, lua_source
+from ..lua.host import Host
+from ..message import Delivery
+from .base import FunctionSpec, Handler, HandlerServices
+
+__all__ = [
+    "DEFAULT_INSTRUCTION_LIMIT",
+    "DEFAULT_MAX_MEMORY",
+    "DEFAULT_TIME_LIMIT",
+    "LuaError",
+    "LuaHandler",
+    "LuaHandlerError",
+    "check_lua_function",
+    "load_lua_function",
+]
+
+#: The engine's own error class (lupa's exception classes are per Lua version).
+LuaError = engine.LuaError
+
+#: Instructions one delivery may run (about 0.1 s of pure Lua here); option ``instruction_limit``.
+DEFAULT_INSTRUCTION_LIMIT = 20_000_000
+#: CPU seconds one delivery may spend in Lua (catches C-heavy work that instructions miss);
+#: option ``time_limit``.
+DEFAULT_TIME_LIMIT = 1.0
+#: Bytes one function's Lua runtime may allocate; option ``max_memory``.
+DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
+#: The budget hook runs every TICK instructions; the budget is counted in ticks.
+TICK = 1000
+
+# Result codes of K.step (kept in sync with wqnb/lua/kernel.lua).
+OK, FAIL, ERR, DEAD = 0, 1, 2, 3
+OP_SLEEP, OP_PUBLISH, OP_ACK, OP_NACK = 4, 5, 6, 7
+
+
+class LuaHandlerError(HandlerError):
+    """A Lua handler raised an error (the text carries the file and line)."""
+
+
+# -- options ---------------------------------------------------------------------------------
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNIT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _config_error(spec: FunctionSpec, message: str, field: str) -> ConfigError:
+    return ConfigError(
+        message, file=str(spec.yaml_file) if spec.yaml_file else None, entry=spec.id, field=field
+    )
+
+
+def _max_memory(spec: FunctionSpec) -> int:
+    raw = spec.options.get("max_memory", DEFAULT_MAX_MEMORY)
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+        return raw
+    m = _SIZE.match(str(raw)) if isinstance(raw, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise _config_error(spec, f"max_memory must be a size like 67108864, '64MB' or '512KB', got {raw!r}", "max_memory")
+    return int(float(m.group(1)) * _UNIT[(m.group(2) or "").lower()[:1]])
+
+
+def _instruction_limit(spec: FunctionSpec) -> int:
+    raw = spec.options.get("instruction_limit", DEFAULT_INSTRUCTION_LIMIT)
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise _config_error(
+            spec, f"instruction_limit must be a whole number of instructions (0: no limit), got {raw!r}",
+            "instruction_limit",
+        )
+    return raw
+
+
+def _time_limit(spec: FunctionSpec) -> float:
+    raw = spec.options.get("time_limit", DEFAULT_TIME_LIMIT)
+    try:
+        return parse_duration(raw, what="time_limit")
+    except ValueError as e:
+        raise _config_error(spec, f"{e} (0: no limit)", "time_limit") from None
+
+
+def _check_modules(spec: FunctionSpec) -> None:
+    unknown = [m for m in spec.modules if m not in MODULES]
+    if unknown:
+        raise _config_error(
+            spec, f"unknown module {unknown[0]!r} (wqnb provides: {', '.join(MODULES)})", "modules"
+        )
+
+
+# -- the Lua runtime -------------------------------------------------------------------------
+def _deny_attributes(obj: object, name: object, is_setting: bool) -> str:
+    raise AttributeError(f"Lua code may not touch attributes of Python objects ({name!r})")
+
+
+def _new_lua(max_memory: int | None) -> Any:
+    return engine.LuaRuntime(
+        register_eval=False,
+        register_builtins=False,
+        unpack_returned_tuples=True,
+        attribute_filter=_deny_attributes,
+        overflow_handler=float,
+        max_memory=max_memory,
+    )
+
+
+def check_lua_function(spec: FunctionSpec) -> None:
+    """Compile-only check at load time: modules, options, syntax (``file.lua:LINE: ...``)."""
+    _check_modules(spec)
+    _max_memory(spec)
+    _instruction_limit(spec)
+    _time_limit(spec)
+    lua = _new_lua(None)
+    result = lua.globals().load(spec.source, "=" + spec.chunk_name, "t")
+    if isinstance(result, tuple):
+        raise _config_error(spec, f"syntax error: {result[1]}", "source")
+
+
+def load_lua_function(spec: FunctionSpec, services: HandlerServices) -> Handler:
+    """Build the runnable handler: a sandboxed runtime, its modules, the loaded chunk."""
+    return LuaHandler(spec, services)
+
+
+class LuaHandler:
+    """One ``function.lua`` entry, ready to handle deliveries (``await handler(delivery)``)."""
+
+    def __init__(self, spec: FunctionSpec, services: HandlerServices | None) -> None:
+        _check_modules(spec)
+        self.spec = spec
+        self.max_memory = _max_memory(spec)
+        self.instruction_limit = _instruction_limit(spec)
+        self.time_limit = _time_limit(spec)
+        self.services = services
+        self._live: dict[int, Delivery] = {}
+        self._token = 0
+        self._idle: list[int] = []
+
+        lua = self.lua = _new_lua(self.max_memory)
+        self.host = Host(lua, engine.lua_type, spec, services, self._live)
+        ticks = -(-self.instruction_limit // TICK)
+        try:
+            K = lua.execute(
+                lua_source("kernel"), lua.table_from(self.host.callables()), ticks, TICK, self.time_limit,
+                name="@wqnb/lua/kernel.lua", mode="t",
+            )
+            lua.execute(lua_source("errors"), K, name="@wqnb/lua/errors.lua", mode="t")
+            built = {"json": lua.execute(lua_source("json"), K, name="@wqnb/lua/json.lua", mode="t")}
+            for name in spec.modules:
+                module = built.get(name)
+                if module is None:
+                    module = lua.execute(lua_source(name), K, name=f"@wqnb/lua/{name}.lua", mode="t")
+                K.define(name, module if name == "logger" else K.readonly(module, name))
+            result = K.load_handler(spec.source, spec.chunk_name, spec.method)
+        except LuaError as e:  # the memory cap while building, or a bug of ours
+            raise _config_error(spec, f"cannot set up the Lua runtime: {e}", "source") from None
+        if isinstance(result, tuple):
+            message = result[1]
+            field = "method" if message.startswith("method '") else "source"
+            raise _config_error(spec, message, field)
+        self._K = K
+        self._step = K.step
+        self._new_runner = K.new_runner
+        self._drop = K.drop
+        self._threshold = self.host.log_threshold if "logger" in spec.modules else None
+
+    def __repr__(self) -> str:
+        return f"<LuaHandler {self.spec.id} ({engine.LUA_VERSION if hasattr(engine, 'LUA_VERSION') else 'Lua'})>"
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self._token = token = self._token + 1
+        self._live[token] = delivery
+        idle = self._idle
+        slot = idle.pop() if idle else self._new_runner()
+        try:
+            try:
+                if self._threshold is None:
+                    r = self._step(slot, token, delivery.message.body)
+                else:
+                    r = self._step(slot, token, delivery.message.body, self._threshold())
+            except LuaError as e:  # could not even pass the body in (memory cap)
+                self._drop(slot)
+                raise LuaHandlerError(self._explain(str(e))) from None
+            code = r[0]
+            while code >= OP_SLEEP:
+                r = await self._op(slot, r)
+                code = r[0]
+        finally:
+            del self._live[token]
+        if code == OK:
+            idle.append(slot)
+            return
+        if code == FAIL:
+            idle.append(slot)
+            raise HandlerError(r[1])
+        if code == ERR:
+            idle.append(slot)
+        raise LuaHandlerError(self._explain(r[1]))
+
+    def _explain(self, text: object) -> str:
+        if not isinstance(text, str):
+            return "Lua error (no message)"
+        if "not enough memory" in text:
+            return f"{text} (the Lua runtime's max_memory is {self.max_memory} bytes)"
+        return text
+
+    async def _op(self, slot: int, r: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Perform one wait the handler asked for; resume it with the outcome."""
+        code = r[0]
+        try:
+            if code == OP_SLEEP:
+                await self.services.sleep(r[1])
+                result: tuple[Any, ...] = (True,)
+            elif code == OP_PUBLISH:
+                result = await self._publish(r[1], r[2], r[3])
+            else:
+                result = await self._settle(code, r[1], r[2] if len(r) > 2 else None)
+        except BaseException:  # cancelled (stop timeout): this runner never resumes
+            self._drop(slot)
+            raise
+        try:
+            return self._step(slot, *result)
+        except LuaError as e:
+            self._drop(slot)
+            return (DEAD, str(e))
+
+    async def _publish(self, queue_id: str, body: Any, headers: Any) -> tuple[Any, ...]:
+        if self.services is None:
+            return (None, "Invalid", "queue manager not found in context", None)
+        h = None
+        if headers is not None:
+            try:
+                h = {
+                    k: (v if isinstance(v, (str, int, float, bool)) else None)
+                    for k, v in headers.items()
+                    if isinstance(k, str)
+                }
+            except UnicodeDecodeError:
+                return (None, "Invalid", "message headers must be UTF-8 text", None)
+        try:
+            await self.services.publish(queue_id, body, h)
+        except QueueNotFound:
+            return (None, "Internal", "queue not found", "publish failed")
+        except Exception as e:
+            return (None, "Internal", str(e), "publish failed")
+        return (True,)
+
+    async def _settle(self, code: int, token: int, reason: str | None) -> tuple[Any, ...]:
+        d = self._live.get(token)
+        if d is None:
+            return (None, "Invalid", "queue.Message released", None)
+        try:
+            if code == OP_ACK:
+                await d.ack()
+            else:
+                await d.nack(reason or "nacked by handler")
+        except (AlreadySettled, MessageReleased) as e:
+            return (None, "Invalid", str(e), None)
+        except Exception as e:
+            return (None, "Internal", str(e), "ack failed" if code == OP_ACK else "nack failed")
+        return (True,)

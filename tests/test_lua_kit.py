@@ -143,10 +143,12 @@ local time = require("time")
 """
 
 
-def lua_check(code: str, body: str | bytes = "{}", *, services: FakeServices | None = None, **kw: Any) -> None:
+def lua_check(code: str, body: str | bytes = "{}", *, services: FakeServices | None = None,
+              headers: dict[str, Any] | None = None, **kw: Any) -> None:
     """Run ``code`` as a handler body (the four modules in scope, ``body`` its argument);
     it must ack: Lua-side ``assert``s carry the checks, their text becomes the failure."""
-    outcome = run(handler(PRELUDE + "return function(body)\n" + code + "\nend\n", services, **kw), body)
+    outcome = run(handler(PRELUDE + "return function(body)\n" + code + "\nend\n", services, **kw), body,
+                  headers=headers)
     assert outcome is None, f"Lua check failed: {outcome}"
 
 

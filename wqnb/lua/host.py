@@ -152,12 +152,13 @@ class Host:
             return False, str(e)
 
     # -- time -----------------------------------------------------------------------------
-    def now(self) -> float:
+    def now(self) -> int:
+        """Unix time in nanoseconds (microsecond precision: a float of seconds holds no more)."""
         if self.services is None:
             import time
 
-            return time.time()
-        return self.services.now()
+            return time.time_ns()
+        return int(self.services.now() * 1_000_000) * 1000
 
     @staticmethod
     def parse_duration(text: str) -> Any:

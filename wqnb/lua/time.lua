@@ -125,7 +125,7 @@ local function t_of(t, method)
 end
 
 function time.now()
-  return new_time(floor(pycall(py_now) * S))
+  return new_time(pycall(py_now))
 end
 
 function time.unix(sec, nsec)

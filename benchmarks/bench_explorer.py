@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 
-from wqnb.widgets import Explorer  # noqa: E402
+from wqnb.widgets import Explorer
 
 GOAL_S = 1.0
 

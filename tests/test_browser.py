@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
 def voila_url(free_tcp_port, tmp_path):
     pytest.importorskip("voila")
     port = free_tcp_port
-    log = open(tmp_path / "voila.log", "w+")
+    log = open(tmp_path / "voila.log", "w+")  # noqa: SIM115 - closed in finally
     env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "voila", str(APP), "--no-browser", f"--port={port}",

@@ -12,14 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
 
-from wqnb import plot  # noqa: E402
-from wqnb.timeline import EVENTS, ConsumerInfo, QueueInfo, Timeline  # noqa: E402
+from wqnb import plot
+from wqnb.timeline import EVENTS, ConsumerInfo, QueueInfo, Timeline
 
 Q, C = "app:tasks", "app:worker"
 
@@ -123,7 +123,7 @@ def test_gantt_has_one_bar_per_handled_delivery_coloured_by_outcome(tl):
 
 
 def test_gantt_zoom_and_given_axes(tl):
-    fig, ax = plt.subplots()
+    _fig, ax = plt.subplots()
     assert plot.gantt(tl, ax=ax, start=0.2, end=0.5) is ax
     assert ax.get_xlim() == (0.2, 0.5)
 

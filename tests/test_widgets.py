@@ -4,6 +4,7 @@ simulated, summarised and drawn."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -39,7 +40,7 @@ def test_log_options_are_log_spaced_integers_with_the_bounds():
     opts = log_options(1, 1000)
     assert opts[:8] == [1, 2, 3, 4, 5, 6, 8, 10]
     assert opts[-1] == 1000 and opts == sorted(set(opts))
-    ratios = [b / a for a, b in zip(opts, opts[1:], strict=False)]
+    ratios = [b / a for a, b in itertools.pairwise(opts)]
     assert max(ratios) <= 2.0 and len(opts) == 24
     assert 7 in log_options(1, 10_000, include=[7])
     assert log_options(10, 10_000)[0] == 10

@@ -61,9 +61,9 @@ def log_options(lo: int, hi: int, *, include: Iterable[int] = ()) -> list[int]:
     per decade), plus ``include``: the stops of a log-scale integer slider."""
     mantissas = (1, 1.5, 2, 3, 4, 5, 6, 8)
     out = {lo, hi, *include}
-    for exp in range(int(math.floor(math.log10(max(lo, 1)))), int(math.log10(hi)) + 1):
+    for exp in range(math.floor(math.log10(max(lo, 1))), math.floor(math.log10(hi)) + 1):
         for m in mantissas:
-            v = int(round(m * 10**exp))
+            v = round(m * 10**exp)
             if lo <= v <= hi:
                 out.add(v)
     return sorted(v for v in out if lo <= v <= hi)
@@ -169,7 +169,7 @@ class Explorer:
         auto: bool = True,
     ) -> None:
         if simulate is None:
-            from .sim import simulate as simulate
+            from .sim import simulate
         self._simulate = simulate
         self.dpi = dpi
         dists = DISTRIBUTIONS or _distributions()
@@ -252,7 +252,7 @@ class Explorer:
         t0 = time.perf_counter()
         try:
             tl = self._simulate(**kwargs)
-        except Exception as exc:  # a bad combination: say so in the widget, keep the old plot
+        except Exception as exc:  # noqa: BLE001 - a bad combination: say so in the widget, keep the old plot
             self.error = f"{type(exc).__name__}: {exc}"
             self.status.value = f"<b style='color:#9b2226'>{html.escape(self.error)}</b>"
             return
@@ -319,7 +319,7 @@ class Sweep:
         **fixed: Any,
     ) -> None:
         if simulate is None:
-            from .sim import simulate as simulate
+            from .sim import simulate
         self._simulate = simulate
         self.fixed = {"messages": 1000, "seed": 1, **fixed}
         self.metrics = tuple(metrics)

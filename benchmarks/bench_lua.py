@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import wqnb  # noqa: E402
+import wqnb
 
 APP = """
 namespace: bench

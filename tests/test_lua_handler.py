@@ -20,7 +20,13 @@ from test_lua_kit import (
 )
 
 from wqnb.errors import ConfigError, HandlerError
-from wqnb.handlers.lua import LuaError, LuaHandlerError, check_lua_function, engine, load_lua_function
+from wqnb.handlers.lua import (
+    LuaError,
+    LuaHandlerError,
+    check_lua_function,
+    engine,
+    load_lua_function,
+)
 
 
 # -- the seed handler ----------------------------------------------------------------------------

@@ -162,5 +162,5 @@ def lua_nack(code: str, body: str | bytes = "{}", *, services: FakeServices | No
 def test_seed_handler_is_a_verbatim_copy_of_the_seed_page():
     if not SPEC.exists():
         pytest.skip("spec/seed-queue.es.md is not beside this checkout")
-    blocks = re.findall(r"```lua\n(.*?)```", SPEC.read_text(encoding="utf-8"), re.S)
+    blocks = re.findall(r"```lua\n(.*?)```", SPEC.read_text(encoding="utf-8"), re.DOTALL)
     assert SEED_HANDLER in blocks

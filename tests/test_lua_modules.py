@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from test_lua_kit import FakeConsumer, FakeServices, delivery, handler, lua_check, lua_nack, run
-
-import asyncio
 
 
 # -- json ---------------------------------------------------------------------------------------------

@@ -193,12 +193,12 @@ def test_default_budget_is_about_a_tenth_of_a_second():
     ("pcall", "while true do pcall(function() while true do end end) end"),
     ("pcall, ignoring the result", "for i = 1, 1e9 do pcall(function() for j = 1, 1e9 do end end) end return"),
     ("xpcall with a looping handler", "xpcall(function() while true do end end, function() while true do end end)"),
-    ("coroutine.resume", "local co = coroutine.create(function() while true do end end)\n"
-                         "local ok, e = coroutine.resume(co)\nreturn nil, 'swallowed ' .. tostring(e)"),
+    ("coroutine.resume", ("local co = coroutine.create(function() while true do end end)\n"
+                         "local ok, e = coroutine.resume(co)\nreturn nil, 'swallowed ' .. tostring(e)")),
     ("coroutine.wrap in pcall", "local f = coroutine.wrap(function() while true do end end)\npcall(f)"),
-    ("nested coroutines", "local co = coroutine.create(function()\n"
+    ("nested coroutines", ("local co = coroutine.create(function()\n"
                           "  local inner = coroutine.create(function() while true do end end)\n"
-                          "  coroutine.resume(inner) while true do end end)\ncoroutine.resume(co)"),
+                          "  coroutine.resume(inner) while true do end end)\ncoroutine.resume(co)")),
     ("a coroutine made at load time", None),
     ("recursion in pcall", "local function f() pcall(f) pcall(f) end\nf()"),
     ("load()ed code", 'load("while true do end")()'),
@@ -250,7 +250,7 @@ def test_time_spent_waiting_does_not_count_against_the_time_limit():
 
     class SlowSleep(FakeServices):
         async def sleep(self, seconds):
-            time.sleep(0.05)  # the loop's time, not the handler's CPU in Lua
+            time.sleep(0.05)  # the loop's time, not the handler's CPU in Lua  # noqa: ASYNC251 - blocking on purpose: wall time, no Lua CPU
 
     h = handler('local time = require("time")\nreturn function() for i = 1, 10 do time.sleep("1ms") end end',
                 SlowSleep(), time_limit="100ms")

@@ -259,7 +259,7 @@ class LuaHandler:
             await self.services.publish(queue_id, body, h)
         except QueueNotFound:
             return (None, "Internal", "queue not found", "publish failed")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any broker failure becomes Lua's nil, err
             return (None, "Internal", str(e), "publish failed")
         return (True,)
 
@@ -274,6 +274,6 @@ class LuaHandler:
                 await d.nack(reason or "nacked by handler")
         except (AlreadySettled, MessageReleased) as e:
             return (None, "Invalid", str(e), None)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any broker failure becomes Lua's nil, err
             return (None, "Internal", str(e), "ack failed" if code == OP_ACK else "nack failed")
         return (True,)

@@ -102,7 +102,7 @@ class Host:
         if type(value) is dict or type(value) is list:
             try:
                 return self.table_from(value, recursive=True)
-            except Exception as e:  # the memory cap, an integer overflow
+            except Exception as e:  # the memory cap, an integer overflow  # noqa: BLE001 - must not raise into Lua
                 return None, f"{type(e).__name__}: {e}"
         return value
 
@@ -132,7 +132,7 @@ class Host:
             info = self.services.queue_info(queue_id)
         except QueueNotFound:
             return False, "queue not found", "Internal", "queue not found"
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - must not raise into Lua
             return False, str(e), "Internal", "get queue info failed"
         return True, self.table_from(info, recursive=True)
 
@@ -183,7 +183,7 @@ class Host:
             return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
         fmt = _LAYOUTS.get(layout)
         if fmt is None:
-            known = ", ".join(["time.RFC3339", "time.RFC3339NANO", "time.DATE_TIME", "time.DATE_ONLY", "time.TIME_ONLY"])
+            known = "time.RFC3339, time.RFC3339NANO, time.DATE_TIME, time.DATE_ONLY, time.TIME_ONLY"
             return None, f"layout {layout!r} is not supported by wqnb (use {known})"
         return t.strftime(fmt)
 

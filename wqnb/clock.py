@@ -104,10 +104,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._threads_pending = 0
         self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._timer_seq = 0
+        self._failure: BaseException | None = None
         super().__init__(selectors.DefaultSelector())
 
     def time(self) -> float:
         return self._now
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run: stop the loop now; :func:`run_virtual` raises ``exc``."""
+        if self._failure is None:
+            self._failure = exc
+        self._stopping = True
 
     # -- scheduling: lighter handles, a tuple heap ------------------------------------------
     def call_soon(self, callback, *args, context=None):  # noqa: ANN001
@@ -239,8 +246,14 @@ def _run_here(coro: Coroutine[Any, Any, T], start: float) -> T:
         asyncio.set_event_loop(loop)
         task = loop.create_task(coro)
         try:
-            return loop.run_until_complete(task)
+            try:
+                return loop.run_until_complete(task)
+            except RuntimeError:
+                if loop._failure is not None:  # stopped by fail(): say why
+                    raise loop._failure from None
+                raise
         finally:
+            loop._failure = None
             _cancel_all(loop)
     finally:
         asyncio.set_event_loop(None)

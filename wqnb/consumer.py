@@ -27,8 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .clock import clock_fn
+from .clock import VirtualTimeLoop, clock_fn
 from .durations import format_duration
+from .errors import VirtualTimeDeadlock
 from .message import Delivery, Message
 from .timeline import (
     EV_ACK,
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["Consumer"]
 
 log = logging.getLogger("wqnb.consumer")
+
+#: On virtual time, nacks of one message at one instant before the run is declared stuck.
+SPIN_LIMIT = 1000
 
 
 class _Route:
@@ -97,6 +101,7 @@ class Consumer:
         self._now: Callable[[], float] = time_unset
         self._push = True
         self._watching = False
+        self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
 
@@ -106,6 +111,7 @@ class Consumer:
             return
         loop = asyncio.get_running_loop()
         self._now = clock_fn(loop)
+        self._virtual = loop if isinstance(loop, VirtualTimeLoop) else None
         self._closing = False
         self.running = True
         self._watching = False
@@ -253,6 +259,10 @@ class Consumer:
             self.busy += 1
             self._starts += 1
             started = self._starts
+            if not started & 63:
+                # Let others run now and then, even if no handler ever suspends: a worker
+                # must not starve the notebook, other consumers or the publisher.
+                await asyncio.sleep(0)
             self._w(self._pack(
                 self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
             )
@@ -327,6 +337,17 @@ class Consumer:
             now, EV_NACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, rec.error_index(error),
              route.depth(), len(self.buffer), self.busy, self.unsettled)
         )
+        if msg.nacked_at == now:
+            msg.spins += 1
+            if msg.spins >= SPIN_LIMIT and self._virtual:
+                self._virtual.fail(VirtualTimeDeadlock(
+                    f"virtual time is stuck at t={now - (self._rec.t0 or 0):g}: message {msg.id} on "
+                    f"{route.queue_id} was nacked {SPIN_LIMIT} times without time passing (last "
+                    f"error: {error}). Give the consumer a requeue_delay or the queue a dead_letter."
+                ))
+        else:
+            msg.nacked_at = now
+            msg.spins = 0
         dl = route.dead_letter
         if dl is not None and route.max_attempts is not None and msg.attempt >= route.max_attempts:
             self._dead_letter(msg, error, d.worker)

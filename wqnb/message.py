@@ -62,7 +62,7 @@ class IdSource:
 class Message:
     """A message in a queue. ``seq`` is the runtime-local number the recorder stores."""
 
-    __slots__ = ("id", "seq", "body", "headers", "attempt")
+    __slots__ = ("id", "seq", "body", "headers", "attempt", "nacked_at", "spins")
 
     def __init__(
         self,
@@ -77,6 +77,8 @@ class Message:
         self.body = body
         self.headers = headers if headers is not None else {"timestamp": int(time.time())}
         self.attempt = attempt
+        self.nacked_at = -1.0  # when it was last nacked, and how many nacks in a row at that instant
+        self.spins = 0
 
     def __repr__(self) -> str:
         return f"Message(id={self.id!r}, attempt={self.attempt}, body={self.body!r:.60})"

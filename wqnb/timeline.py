@@ -1,7 +1,7 @@
 """The event recorder and the :class:`Timeline` that notebooks, plots and widgets read.
 
 Recording is on the per-message path, so it is kept cheap: each event is packed with
-``struct`` straight into one ``bytearray`` (45 bytes a row, no per-event Python object for
+``struct`` straight into one ``bytearray`` (47 bytes a row, no per-event Python object for
 the garbage collector to track), which numpy reads back as a structured array without
 parsing; a pandas DataFrame is built only when someone asks for it. (A list of tuples is
 as fast to append to, but costs ~180 bytes an event, and packing it into numpy later
@@ -62,7 +62,7 @@ ROW_DTYPE = np.dtype(
         ("consumer", "i2"),
         ("worker", "i2"),
         ("seq", "i8"),
-        ("attempt", "i2"),
+        ("attempt", "i4"),
         ("error", "i4"),
         ("depth", "i4"),
         ("buffered", "i4"),
@@ -70,7 +70,7 @@ ROW_DTYPE = np.dtype(
         ("unsettled", "i4"),
     ]
 )
-ROW = struct.Struct("<dBhhhqhiiiii")  # the same layout, for writers
+ROW = struct.Struct("<dBhhhqiiiiii")  # the same layout, for writers
 assert ROW.size == ROW_DTYPE.itemsize
 GAUGES = ("depth", "buffered", "busy", "unsettled")
 
@@ -208,7 +208,7 @@ class Timeline:
                     a["worker"].astype(np.int16), a["worker"] < 0
                 ),
                 "msg_id": pd.Categorical.from_codes(seq, ids),
-                "attempt": a["attempt"].astype(np.int16),
+                "attempt": a["attempt"].astype(np.int32),
                 "error": pd.Categorical.from_codes(
                     err_codes, [e for e in errors[1:]] if len(errors) > 1 else []
                 ),
@@ -249,9 +249,13 @@ class Timeline:
 
     # views live in wqnb.views to keep this module about storage
     def messages(self) -> pd.DataFrame:
+        """One row per delivery attempt (computed once per Timeline, then reused)."""
         from .views import messages
 
-        return messages(self)
+        cached = self.__dict__.get("_messages")
+        if cached is None:
+            cached = self.__dict__["_messages"] = messages(self)
+        return cached
 
     def gauges(self, consumer: str | None = None, *, instants: bool = True) -> pd.DataFrame:
         from .views import gauges

@@ -121,7 +121,7 @@ def summary(tl: Timeline) -> pd.Series:
     n = {e: int(counts.get(e, 0)) for e in ("publish", "publish_wait", "deliver", "ack", "nack", "requeue", "dead_letter")}
     t = df["t"]
     duration = float(t.max() - t.min()) if len(df) else 0.0
-    m = messages(tl)
+    m = tl.messages()
     first_ready = df[ev == "publish"].groupby("msg_id", observed=True)["t"].min()
     acked_at = df[ev == "ack"].groupby("msg_id", observed=True)["t"].max()
     latency = (acked_at - first_ready.reindex(acked_at.index)).dropna()

@@ -50,14 +50,6 @@ class IdSource:
         self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
         self._next = 0
 
-    def next_seq(self) -> int:
-        seq = self._next
-        self._next = seq + 1
-        return seq
-
-    def format(self, seq: int) -> str:
-        return f"{self.prefix}{seq:012x}"
-
 
 class Message:
     """A message in a queue. ``seq`` is the runtime-local number the recorder stores."""

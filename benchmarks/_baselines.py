@@ -44,6 +44,12 @@ __all__ = [
 
 Event = tuple[float, int, str]
 
+#: The columns of a timeline row, as ``simpy_mmc(rows=True)`` appends them (wqnb's
+#: ``Recorder`` packs the same twelve fields; event codes as in ``wqnb.timeline``).
+ROW_FIELDS = ("t", "event", "queue", "consumer", "worker", "msg", "attempt", "error",
+              "depth", "buffered", "busy", "unsettled")
+EV_PUBLISH, EV_DELIVER, EV_START, EV_ACK = 0, 2, 3, 4
+
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """``asyncio.run`` that also works where a loop is already running (a notebook cell):
@@ -130,12 +136,16 @@ def simpy_mmc(
     seed: int = 1,
     record: bool = True,
     events: list | None = None,
+    rows: bool = False,
 ) -> MMcResult:
     """M/M/c in SimPy: Poisson arrivals at ``arrival_rate`` per second into an unbounded
     ``simpy.Store``, ``c`` workers with exponential service of mean ``mean_service`` seconds.
 
     When ``record``, appends ``(t, msg_id, "publish" | "deliver" | "ack")`` for every message
-    (to ``events`` if given). Arrivals and service times draw from separate seeded streams."""
+    (to ``events`` if given). With ``rows`` it appends instead the rows wqnb's timeline holds:
+    ``publish``, ``deliver``, ``start`` and ``ack`` for every message, each a tuple of
+    :data:`ROW_FIELDS` with the gauges after the event (queue depth, buffered, busy,
+    unsettled). Arrivals and service times draw from separate seeded streams."""
     import simpy  # the `test` extra; imported here so the asyncio baseline needs nothing
 
     if n < 1 or c < 1 or arrival_rate <= 0 or mean_service <= 0:
@@ -160,7 +170,7 @@ def simpy_mmc(
                 append((env.now, i, "publish"))
             store.put((i, env.now))
 
-    def worker():
+    def worker(w: int):  # noqa: ARG001 - the same signature as row_worker
         nonlocal sojourn_total, done
         while True:
             msg_id, published = yield store.get()
@@ -172,9 +182,36 @@ def simpy_mmc(
             sojourn_total += env.now - published
             done += 1
 
+    busy = unsettled = 0
+    items = store.items
+
+    def row_publisher():
+        for i in range(n):
+            yield env.timeout(arrivals.expovariate(arrival_rate))
+            append((env.now, EV_PUBLISH, 0, -1, -1, i, 1, 0, len(items) + 1, -1, -1, -1))
+            store.put((i, env.now))
+
+    def row_worker(w: int):
+        nonlocal sojourn_total, done, busy, unsettled
+        while True:
+            msg_id, published = yield store.get()
+            unsettled += 1
+            append((env.now, EV_DELIVER, 0, 0, -1, msg_id, 1, 0, len(items), 1, busy, unsettled))
+            busy += 1
+            append((env.now, EV_START, 0, 0, w, msg_id, 1, 0, len(items), 0, busy, unsettled))
+            yield env.timeout(service.expovariate(service_rate))
+            busy -= 1
+            unsettled -= 1
+            append((env.now, EV_ACK, 0, 0, w, msg_id, 1, 0, len(items), 0, busy, unsettled))
+            sojourn_total += env.now - published
+            done += 1
+
+    if rows and record:
+        publisher, worker = row_publisher, row_worker
+
     env.process(publisher())
-    for _ in range(c):
-        env.process(worker())
+    for w in range(c):
+        env.process(worker(w))
     t0 = time.perf_counter()
     env.run()  # ends when nothing is scheduled: every message acked, workers idle
     elapsed = time.perf_counter() - t0

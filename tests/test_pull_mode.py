@@ -35,8 +35,8 @@ class PullDriver(MemoryDriver):
     def taker(self, queue_id):
         return lambda n: []
 
-    def notify_when_ready(self, queue_id, callback):
-        return False
+    def notifier(self, queue_id):
+        return None
 
     async def take(self, queue_id, max_messages):
         got = await super().take(queue_id, max_messages)

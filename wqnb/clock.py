@@ -23,48 +23,59 @@ import functools
 import heapq
 import selectors
 import time
-from collections.abc import Callable
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from .errors import VirtualTimeDeadlock
 
-__all__ = ["VirtualTimeLoop", "clock_fn", "run_virtual", "in_running_loop", "is_virtual"]
+__all__ = ["VirtualTimeLoop", "clock_fn", "run_virtual", "in_running_loop", "is_virtual", "sleep"]
 
 T = TypeVar("T")
 
 
-def _init_handle(h: asyncio.Handle, callback, args, loop, context) -> None:  # noqa: ANN001
-    """What ``Handle.__init__`` does, minus the debug-mode checks (never on here)."""
-    h._context = context if context is not None else contextvars.copy_context()
-    h._loop = loop
-    h._callback = callback
-    h._args = args
-    h._cancelled = False
-    h._repr = None
-    h._source_traceback = None
+class _Soon(list):
+    """What ``call_soon`` returns on the virtual loop: ``[callback, args, context]``.
 
-
-class _Handle(asyncio.Handle):
-    """An ``asyncio.Handle`` without the debug bookkeeping (the virtual loop never debugs)."""
+    A list built in C instead of an ``asyncio.Handle`` built in Python: the loop makes one
+    for every task wakeup, so its cost is paid per event. ``cancel()`` blanks the callback.
+    """
 
     __slots__ = ()
 
-    def __init__(self, callback, args, loop, context=None):  # noqa: ANN001 - asyncio's signature
-        _init_handle(self, callback, args, loop, context)
+    def cancel(self) -> None:
+        self[0] = None
+        self[1] = ()
+
+    def cancelled(self) -> bool:
+        return self[0] is None
+
+    def get_context(self) -> contextvars.Context:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"<Handle {self[0]!r}{' cancelled' if self[0] is None else ''}>"
 
 
 class _Timer(asyncio.TimerHandle):
+    """An ``asyncio.TimerHandle`` without the debug bookkeeping (the virtual loop never debugs)."""
+
     __slots__ = ()
 
-    def __init__(self, when, callback, args, loop, context=None):  # noqa: ANN001
-        _init_handle(self, callback, args, loop, context)
+    def __init__(self, when, callback, args, loop, context=None):  # noqa: ANN001 - asyncio's signature
+        self._context = context if context is not None else contextvars.copy_context()
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
         self._when = when
         self._scheduled = True
 
 
 _FUTURE = asyncio.Future
 _SET_RESULT = asyncio.futures._set_result_unless_cancelled
+_copy_context = contextvars.copy_context
 
 
 class _SleepTimer:
@@ -92,20 +103,29 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time: ``time()`` starts at ``start`` and jumps to timers.
 
     It replaces ``BaseEventLoop._run_once`` (the one CPython method it leans on) with a
-    lean version: timers live in a heap of ``(when, seq, handle)`` tuples (compared in C,
-    not through ``TimerHandle.__lt__``), every callback that becomes ready at the current
-    instant runs in one pass, and real file descriptors are polled only when a thread
-    may wake the loop. When nothing is ready the clock jumps to the next timer; when
-    nothing is scheduled either, :class:`~wqnb.errors.VirtualTimeDeadlock` is raised.
+    lean loop that returns only when the loop stops: timers live in a heap of
+    ``(when, seq, handle)`` tuples (compared in C, not through ``TimerHandle.__lt__``),
+    ``call_soon`` makes a list instead of a ``Handle``, an ``asyncio.sleep`` puts its
+    future on the heap itself, every callback that becomes ready at the current instant
+    runs in one pass, and real file descriptors are polled only when a thread may wake
+    the loop. When nothing is ready the clock jumps to the next timer; when nothing is
+    scheduled either, :class:`~wqnb.errors.VirtualTimeDeadlock` is raised.
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
         self._threads_pending = 0
-        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._timers: list[tuple[float, int, Any]] = []
         self._timer_seq = 0
         self._failure: BaseException | None = None
         super().__init__(selectors.DefaultSelector())
+        # Every new future asks its loop get_debug(); answer from C, not a Python method.
+        self.get_debug = False.__bool__  # type: ignore[method-assign]
+        self.create_future = functools.partial(_FUTURE, loop=self)  # type: ignore[method-assign]
+
+    def set_debug(self, enabled: bool) -> None:
+        """The virtual loop never runs in debug mode (its handles skip the bookkeeping)."""
+        self._debug = False
 
     def time(self) -> float:
         return self._now
@@ -120,26 +140,33 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def call_soon(self, callback, *args, context=None):  # noqa: ANN001
         if self._closed:
             raise RuntimeError("Event loop is closed")
-        handle = _Handle(callback, args, self, context)
+        handle = _Soon((callback, args, context if context is not None else _copy_context()))
         self._ready.append(handle)
         return handle
 
     def call_at(self, when, callback, *args, context=None):  # noqa: ANN001
         if self._closed:
             raise RuntimeError("Event loop is closed")
+        self._timer_seq += 1
         if callback is _SET_RESULT and len(args) == 2 and args[1] is None:
             # asyncio.sleep(): put its future itself on the heap; no handle, no callback.
             # A cancelled sleep leaves a done future, skipped when it reaches the top.
-            self._timer_seq += 1
             heapq.heappush(self._timers, (when, self._timer_seq, args[0]))
             return _SLEEP_TIMER
         timer = _Timer(when, callback, args, self, context)
-        self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, timer))
         return timer
 
     def call_later(self, delay, callback, *args, context=None):  # noqa: ANN001
         return self.call_at(self._now + delay, callback, *args, context=context)
+
+    def sleep_future(self, delay: float) -> asyncio.Future[None]:
+        """A future that completes ``delay`` virtual seconds from now: ``asyncio.sleep``
+        without its coroutine (see :func:`sleep`)."""
+        fut = _FUTURE(loop=self)
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (self._now + (delay if delay > 0 else 0), self._timer_seq, fut))
+        return fut
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         pass  # cancelled timers are skipped when they reach the top of the heap
@@ -160,7 +187,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return fut
 
     # -- the loop -------------------------------------------------------------------------
-    def _run_once(self) -> None:
+    def _next_instant(self) -> None:
+        """Nothing is ready: wait for threads, or jump the clock to the next live timer."""
         ready = self._ready
         timers = self._timers
         while timers and _is_dead(timers[0][2]):
@@ -171,45 +199,107 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._process_events(self._selector.select(wait))
             if not ready and timers and not self._threads_pending:
                 self._now = max(self._now, timers[0][0])
-        elif not ready and not self._stopping:
-            if timers:
-                when = timers[0][0]
-                if when > self._now:
-                    self._now = when
-            else:
-                self._process_events(self._selector.select(0))
-                if not ready:
-                    raise VirtualTimeDeadlock(
-                        "virtual time cannot move: every task is waiting and no timer is "
-                        "scheduled (a handler or publisher waits for something that never happens)"
-                    )
-        now = self._now
-        while timers and timers[0][0] <= now:
-            timer = heapq.heappop(timers)[2]
-            if timer.__class__ is not _FUTURE:
-                timer._scheduled = False
-            ready.append(timer)
-        # Run what is ready now, and what becomes ready at this same instant, in FIFO
-        # order: exactly what successive stock iterations would run, minus their overhead.
-        popleft = ready.popleft
-        while ready:
-            handle = popleft()
-            if handle.__class__ is _FUTURE:  # a sleep ends
-                if not handle.done():
-                    handle.set_result(None)
-                continue
-            if handle._cancelled:
-                continue
-            try:
-                handle._context.run(handle._callback, *handle._args)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.call_exception_handler(
-                    {"message": f"Exception in callback {handle._callback!r}", "exception": exc, "handle": handle}
+        elif timers:
+            when = timers[0][0]
+            if when > self._now:
+                self._now = when
+        else:
+            self._process_events(self._selector.select(0))
+            if not ready:
+                raise VirtualTimeDeadlock(
+                    "virtual time cannot move: every task is waiting and no timer is "
+                    "scheduled (a handler or publisher waits for something that never happens)"
                 )
+
+    def _run_once(self) -> None:
+        """Run until the loop stops (``run_forever`` calls this until ``_stopping``)."""
+        ready = self._ready
+        timers = self._timers
+        popleft = ready.popleft
+        heappop = heapq.heappop
+        while not self._stopping:
+            if self._threads_pending or not timers:
+                if not ready or self._threads_pending:
+                    self._next_instant()
+            elif not ready:
+                top = timers[0]
+                entry = top[2]
+                if entry.done() if entry.__class__ is _FUTURE else entry._cancelled:
+                    self._next_instant()  # drops dead timers first
+                elif top[0] > self._now:
+                    self._now = top[0]  # jump to the next timer
+            now = self._now
+            while timers and timers[0][0] <= now:
+                timer = heappop(timers)[2]
+                if timer.__class__ is not _FUTURE:
+                    timer._scheduled = False
+                elif not ready and not (timers and timers[0][0] <= now):
+                    # A sleep ends, alone at this instant: it would run next, and so would
+                    # the callbacks its set_result() queued. Run them now, skipping the
+                    # queue (the commonest step of a simulation; the order is the same).
+                    if timer.done():
+                        continue
+                    callbacks = timer._callbacks
+                    if callbacks:
+                        for callback, _ in callbacks:
+                            timer.remove_done_callback(callback)
+                    timer.set_result(None)
+                    if callbacks:
+                        for callback, context in callbacks:
+                            try:
+                                context.run(callback, timer)
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self.call_exception_handler({
+                                    "message": f"Exception in callback {callback!r}",
+                                    "exception": exc, "future": timer,
+                                })
+                            if self._stopping:
+                                break
+                    continue
+                ready.append(timer)
             if self._stopping:
                 break
+            # Run what is ready now, and what becomes ready at this same instant, in FIFO
+            # order: exactly what successive stock iterations would run, minus their overhead.
+            while ready:
+                handle = popleft()
+                cls = handle.__class__
+                if cls is _Soon:
+                    callback, args, context = handle
+                    if callback is None:
+                        continue
+                elif cls is _FUTURE:  # a sleep ends
+                    if not handle.done():
+                        handle.set_result(None)
+                    continue
+                else:  # a timer, or a Handle from asyncio's own code (call_soon_threadsafe)
+                    if handle._cancelled:
+                        continue
+                    callback, args, context = handle._callback, handle._args, handle._context
+                try:
+                    context.run(callback, *args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.call_exception_handler(
+                        {"message": f"Exception in callback {callback!r}", "exception": exc, "handle": handle}
+                    )
+                if self._stopping:
+                    break
+
+
+def sleep(delay: float) -> Awaitable[None]:
+    """``await sleep(delay)``: ``asyncio.sleep``, cheaper on virtual time.
+
+    On a :class:`VirtualTimeLoop` it returns a future the loop completes ``delay`` seconds
+    later (no coroutine, no timer handle); elsewhere it is ``asyncio.sleep(delay)``.
+    """
+    loop = asyncio.get_running_loop()
+    if loop.__class__ is VirtualTimeLoop:
+        return loop.sleep_future(delay)
+    return asyncio.sleep(delay)
 
 
 def clock_fn(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

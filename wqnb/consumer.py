@@ -57,7 +57,8 @@ SPIN_LIMIT = 1000
 class _Route:
     """Where a queue lives: its driver and its index in the recorder's name table."""
 
-    __slots__ = ("queue_id", "driver", "qi", "depth", "put", "wake", "take", "dead_letter", "max_attempts")
+    __slots__ = ("queue_id", "driver", "qi", "depth", "put", "wake", "wait_room", "take", "notify", "dead_letter",
+                 "max_attempts")
 
     def __init__(self, queue_id: str, driver: Driver, qi: int, depth: Callable[[], int]) -> None:
         self.queue_id = queue_id
@@ -66,7 +67,9 @@ class _Route:
         self.depth = depth
         self.put = driver.putter(queue_id)
         self.wake = driver.waker(queue_id)
+        self.wait_room = driver.room_waiter(queue_id)
         self.take = driver.taker(queue_id)
+        self.notify = driver.notifier(queue_id)
         self.dead_letter: _Route | None = None
         self.max_attempts: int | None = None
 
@@ -96,7 +99,6 @@ class Consumer:
         self._room_waiter: asyncio.Future[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._current: dict[int, Delivery] = {}
         self._delayed: dict[asyncio.TimerHandle, Message] = {}
         self._now: Callable[[], float] = time_unset
         self._push = True
@@ -104,6 +106,7 @@ class Consumer:
         self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
+        self._on_ready = self._fill  # one bound method, registered with the queue and withdrawn by stop
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,7 +120,7 @@ class Consumer:
         self._watching = False
         # Push mode (in-process drivers): the queue calls us when a message is ready.
         # Pull mode (brokers): a fetcher task awaits batched takes.
-        self._push = True
+        self._push = self.route.notify is not None
         self._fill()
         if not self._push:
             self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
@@ -171,29 +174,30 @@ class Consumer:
     # -- intake ---------------------------------------------------------------------------
     def _fill(self) -> None:
         """Top the buffer up from the queue without waiting; if the queue runs dry,
-        arrange to hear when it is not (push) or wake the fetcher (pull)."""
-        if self._closing or self._watching:
+        ask to hear when it is not (push) or wake the fetcher (pull).
+
+        It is also the push callback: the queue calls it once when a message is ready.
+        Workers call it only when no callback is registered (``_watching`` is False)."""
+        self._watching = False
+        if self._closing:
             return
         room = self.prefetch - len(self.buffer)
         if room <= 0:
             return
-        got = self.route.take(room)
-        if got:
-            self._deliver(got)
-            if len(got) == room:
-                return
+        route = self.route
+        if route.depth():  # (a local count: skip the take when the queue is empty)
+            got = route.take(room)
+            if got:
+                self._deliver(got)
+                if len(got) == room:
+                    return
         if self._push:
-            self._push = self.route.driver.notify_when_ready(self.route.queue_id, self._on_ready)
-            self._watching = self._push
-        if not self._push:
+            self._watching = True
+            route.notify(self._on_ready)  # type: ignore[misc]
+        else:
             waiter = self._room_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-
-    def _on_ready(self) -> None:
-        """Push mode: the queue says a message is ready (called once per registration)."""
-        self._watching = False
-        self._fill()
 
     async def _fetch_loop(self) -> None:
         """Pull mode: wait for messages, take a batch of up to the buffer's free room."""
@@ -240,17 +244,23 @@ class Consumer:
         route = self.route
         qi, ci = route.qi, self._ci
         depth = route.depth
+        record, pack, now = self._w, self._pack, self._now
         handler = self.handler
+        # A handler that never needs the Delivery (a Python ``fn(body)``) is called with the
+        # body alone: no Delivery object, no wrapper coroutine, on the per-message path.
+        direct: Callable[[Any], Any] | None = getattr(handler, "body_fn", None)
         timeout = self.entry.timeout
         queue_id, consumer_id = route.queue_id, self.id
         ack_inline = route.driver.ack_is_noop
-        current = self._current
+        runtime = self.runtime
+        idle = self._idle
+        push, notify, on_ready = self._push, route.notify, self._on_ready
         while True:
             if not buffer:
                 if self._closing:
                     return
                 fut = loop.create_future()
-                self._idle.append(fut)
+                idle.append(fut)
                 await fut
                 continue
             if self._closing:
@@ -259,85 +269,105 @@ class Consumer:
             self.busy += 1
             self._starts += 1
             started = self._starts
-            if not started & 63:
-                # Let others run now and then, even if no handler ever suspends: a worker
-                # must not starve the notebook, other consumers or the publisher.
-                await asyncio.sleep(0)
-            self._w(self._pack(
-                self._now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled)
-            )
-            self._fill()
-            d = Delivery(msg, queue_id, consumer_id, w, self)
-            current[w] = d
-            try:
-                if timeout is None:
-                    await handler(d)
+            record(pack(now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer),
+                        self.busy, self.unsettled))
+            if not self._watching:  # top the buffer up, or ask to hear when the queue has more
+                if push and not depth():
+                    self._watching = True
+                    notify(on_ready)
                 else:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await handler(d)
-                    except TimeoutError as e:
-                        if d.settled is None:
-                            raise TimeoutError(f"handler timed out after {format_duration(timeout)}") from e
-                        raise
+                    self._fill()
+            d = None if direct is not None else Delivery(msg, queue_id, consumer_id, w, self)
+            try:
+                if timeout is not None:
+                    await self._timed(direct(msg.body) if d is None else handler(d), timeout, d)  # type: ignore[misc]
+                elif d is None:
+                    await direct(msg.body)  # type: ignore[misc]
+                else:
+                    await handler(d)
             except asyncio.CancelledError:
                 # Only stop() cancels workers: the handler was interrupted. stop() requeues
                 # the interrupted messages at the head together, in the order they started.
-                d.released = True
-                current.pop(w, None)
                 self.busy -= 1
-                if d.settled is None:
+                if d is not None:
+                    d.released = True
+                    if d.settled is not None:
+                        raise
                     d.settled = "interrupted"
-                    self.unsettled -= 1
-                    msg.attempt += 1
-                    self._interrupted.append((started, w, msg))
+                self.unsettled -= 1
+                msg.attempt += 1
+                self._interrupted.append((started, w, msg))
                 raise
             except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
-                d.released = True
                 self.busy -= 1
-                if d.settled is None:
-                    d.settled = "nack"
-                    await self._nack(d, _error_text(exc))
+                if d is not None:
+                    d.released = True
+                if d is None or d.settled is None:
+                    if d is not None:
+                        d.settled = "nack"
+                    await self._nack_msg(msg, w, _error_text(exc))
             else:
-                d.released = True
                 self.busy -= 1
-                if d.settled is None:
-                    d.settled = "ack"
+                settled = None
+                if d is not None:
+                    d.released = True
+                    settled = d.settled
+                    if settled is None:
+                        d.settled = "ack"
+                if settled is None:
                     if ack_inline:  # the common case, without a coroutine call
                         self.unsettled -= 1
-                        self._w(self._pack(self._now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0,
-                                      depth(), len(buffer), self.busy, self.unsettled))
-                        if self.unsettled == 0:
-                            self.runtime._notify_settled()
+                        record(pack(now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer),
+                                    self.busy, self.unsettled))
+                        if not self.unsettled and runtime._drain_waiters:
+                            runtime._notify_settled()
                     else:
-                        await self._ack(d)
-            del current[w]
+                        await self._ack_msg(msg, w)
+            if not started & 63:
+                # Let others run now and then, even if no handler ever suspends: a worker
+                # must not starve the notebook, other consumers or the publisher. (Here, with
+                # no message in hand, a cancellation loses nothing.)
+                await asyncio.sleep(0)
 
-    # -- settling (Delivery calls these too) -----------------------------------------------------
+    @staticmethod
+    async def _timed(coro: Any, timeout: float, d: Delivery | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await coro
+        except TimeoutError as e:
+            if d is None or d.settled is None:
+                raise TimeoutError(f"handler timed out after {format_duration(timeout)}") from e
+            raise
+
+    # -- settling (Delivery calls _ack / _nack) --------------------------------------------------
     async def _ack(self, d: Delivery) -> None:
-        msg = d.message
+        await self._ack_msg(d.message, d.worker)
+
+    async def _nack(self, d: Delivery, error: str) -> None:
+        await self._nack_msg(d.message, d.worker, error)
+
+    async def _ack_msg(self, msg: Message, worker: int) -> None:
         route = self.route
         self.unsettled -= 1
         if not route.driver.ack_is_noop:
             await route.driver.ack(route.queue_id, [msg])
         self._w(self._pack(
-            self._now(), EV_ACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, 0,
+            self._now(), EV_ACK, route.qi, self._ci, worker, msg.seq, msg.attempt, 0,
              route.depth(), len(self.buffer), self.busy, self.unsettled)
         )
         if self.unsettled == 0:
             self.runtime._notify_settled()
 
-    async def _nack(self, d: Delivery, error: str) -> None:
-        msg = d.message
+    async def _nack_msg(self, msg: Message, worker: int, error: str) -> None:
         route = self.route
         self.unsettled -= 1
         rec = self._rec
         now = self._now()
         self._w(self._pack(
-            now, EV_NACK, route.qi, self._ci, d.worker, msg.seq, msg.attempt, rec.error_index(error),
+            now, EV_NACK, route.qi, self._ci, worker, msg.seq, msg.attempt, rec.error_index(error),
              route.depth(), len(self.buffer), self.busy, self.unsettled)
         )
-        if msg.nacked_at == now:
+        if getattr(msg, "nacked_at", None) == now:
             msg.spins += 1
             if msg.spins >= SPIN_LIMIT and self._virtual:
                 self._virtual.fail(VirtualTimeDeadlock(
@@ -350,14 +380,14 @@ class Consumer:
             msg.spins = 0
         dl = route.dead_letter
         if dl is not None and route.max_attempts is not None and msg.attempt >= route.max_attempts:
-            self._dead_letter(msg, error, d.worker)
+            self._dead_letter(msg, error, worker)
         elif self.entry.requeue_delay > 0 and not self._closing:
             msg.attempt += 1
             handle = asyncio.get_running_loop().call_later(self.entry.requeue_delay, self._land_delayed, msg)
             self._delayed[handle] = msg
         else:
             msg.attempt += 1
-            self._requeue([msg], front=False, worker=d.worker)
+            self._requeue([msg], front=False, worker=worker)
         if self.unsettled == 0:
             self.runtime._notify_settled()
 

@@ -52,25 +52,53 @@ class IdSource:
 
 
 class Message:
-    """A message in a queue. ``seq`` is the runtime-local number the recorder stores."""
+    """A message in a queue. ``seq`` is the runtime-local number the recorder stores.
 
-    __slots__ = ("id", "seq", "body", "headers", "attempt", "nacked_at", "spins")
+    ``id`` and ``headers`` are built on first use: a runtime gives ``id=None`` with the
+    id's ``prefix`` (the id is ``prefix`` + ``seq`` as 12 hex digits) and the publish
+    ``timestamp``, so a message nobody asks about costs neither a string nor a dict.
+    """
+
+    __slots__ = ("_id", "seq", "body", "_headers", "attempt", "_prefix", "_ts", "nacked_at", "spins")
 
     def __init__(
         self,
-        id: str,
+        id: str | None,
         seq: int,
         body: str | bytes,
         headers: dict[str, Any] | None = None,
         attempt: int = 1,
+        prefix: str = "",
+        timestamp: float | None = None,
     ) -> None:
-        self.id = id
+        self._id = id
         self.seq = seq
         self.body = body
-        self.headers = headers if headers is not None else {"timestamp": int(time.time())}
+        self._headers = headers
         self.attempt = attempt
-        self.nacked_at = -1.0  # when it was last nacked, and how many nacks in a row at that instant
-        self.spins = 0
+        self._prefix = prefix
+        self._ts = timestamp
+        # nacked_at / spins (the livelock guard's count of nacks at one instant) are set by
+        # the first nack; until then reading them raises AttributeError.
+
+    @property
+    def id(self) -> str:
+        i = self._id
+        if i is None:
+            i = self._id = f"{self._prefix}{self.seq:012x}"
+        return i
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        h = self._headers
+        if h is None:
+            ts = self._ts if self._ts is not None else time.time()
+            h = self._headers = {"timestamp": int(ts)}
+        return h
+
+    @headers.setter
+    def headers(self, value: dict[str, Any]) -> None:
+        self._headers = value
 
     def __repr__(self) -> str:
         return f"Message(id={self.id!r}, attempt={self.attempt}, body={self.body!r:.60})"

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+from time import time as _unix_now
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -252,43 +253,50 @@ class Runtime:
             raise QueueNotFound(f"queue not found: {queue_id} (declared queues: {known})")
         return route
 
-    def _message(self, body: Any, headers: dict[str, Any] | None) -> Message:
+    def _message(self, body: Any, headers: dict[str, Any] | None, named: bool = False) -> Message:
+        """A new message; its id string is made now if ``named``, else when first asked for."""
         ids = self._ids
         seq = ids._next
         ids._next = seq + 1
-        h = {"timestamp": int(self.unix_time())}
-        if headers:
-            h.update(headers)
+        ts = self._unix0 + (self._now() - self.recorder.t0) if self._virtual else _unix_now()
         if type(body) is not str:
             body = encode_body(body)
-        return Message(f"{ids.prefix}{seq:012x}", seq, body, h)
+        prefix = ids.prefix
+        return Message(
+            f"{prefix}{seq:012x}" if named else None, seq, body,
+            {"timestamp": int(ts), **headers} if headers else None, 1, prefix, ts,
+        )
 
     async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message; wait while the queue is full. Returns the message id.
 
         ``str``/``bytes`` bodies travel unchanged; anything else is JSON-encoded once.
         """
-        route = self._route(queue_id)
+        route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
-        msg = self._message(body, headers)
+        msg = self._message(body, headers, True)
         w, pack = self._w, self._pack
         put = route.put
         if put is None:  # a broker: the driver publishes (and waits) itself
             await route.driver.publish(queue_id, msg)
         elif not put(msg):
             w(pack(self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
-            wait_room = route.driver.wait_room
+            wait_room = route.wait_room
             while not put(msg):
-                await wait_room(queue_id)
+                await wait_room()
         # recorded before anyone is woken, so the message's story starts with its publish
         w(pack(self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
         route.wake()
-        return msg.id
+        return msg._id  # type: ignore[return-value]
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message now or raise :class:`~wqnb.errors.QueueFull` (for sync code on the loop)."""
-        route = self._route(queue_id)
+        return self._publish_nowait(queue_id, body, headers).id
+
+    def _publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> Message:
+        """``publish_nowait``, returning the message (whose id is only formatted if asked for)."""
+        route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             try:
                 self._bind(asyncio.get_running_loop())
@@ -307,7 +315,7 @@ class Runtime:
             )
         self._w(self._pack(self._now(), EV_PUBLISH, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
         route.wake()
-        return msg.id
+        return msg
 
     # -- waiting for quiet -------------------------------------------------------------------------
     def _drained(self) -> bool:

@@ -28,7 +28,7 @@ Drivers do not record events; the runtime and the consumers do (DESIGN §1).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,20 +131,25 @@ class Driver(ABC):
     async def wait_room(self, queue_id: str) -> None:
         """Wait until ``put`` may succeed (the queue is below ``max_length``)."""
 
+    def room_waiter(self, queue_id: str) -> Callable[[], Awaitable[Any]]:
+        """``await wait_room()``: :meth:`wait_room` bound to one queue."""
+        return lambda: self.wait_room(queue_id)
+
     def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
         """``take(n)``: :meth:`take_nowait` bound to one queue."""
         return lambda n: self.take_nowait(queue_id, n)
 
-    def notify_when_ready(self, queue_id: str, callback: Callable[[], None]) -> bool:
-        """Call ``callback()`` once, synchronously, when a message becomes ready.
+    def notifier(self, queue_id: str) -> Callable[[Callable[[], None]], None] | None:
+        """Push delivery for in-process drivers: ``notify(callback)`` registers ``callback()``
+        to be called once, synchronously, when a message becomes ready (the consumer then
+        takes at once, with no fetcher task and no task switch).
 
-        Push delivery for in-process drivers: the consumer then needs no fetcher task.
-        Returns False when the driver cannot (brokers): the consumer awaits :meth:`take`.
+        ``None`` when the driver cannot push (brokers): the consumer awaits :meth:`take`.
         """
-        return False
+        return None
 
     def cancel_notify(self, queue_id: str, callback: Callable[[], None]) -> None:
-        """Withdraw a :meth:`notify_when_ready` callback that has not fired."""
+        """Withdraw a :meth:`notifier` callback that has not fired."""
 
     def has_queue(self, queue_id: str) -> bool:
         """True if ``queue_id`` was declared on this driver."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..errors import QueueFull, QueueNotFound
@@ -24,30 +24,28 @@ __all__ = ["MemoryDriver", "MemoryQueue"]
 class MemoryQueue:
     """One queue: ready messages, and those waiting on it.
 
-    A waiter is a future (woken with a bare signal: it takes messages itself after it
-    resumes, so a cancelled waiter can never lose a message) or a one-shot callback
-    registered by a consumer in push mode (called synchronously, it takes at once).
+    A waiter is a one-shot callback registered by a consumer in push mode (``_pushers``:
+    called synchronously, it takes at once) or a future (``_takers``: woken with a bare
+    signal, it takes messages itself after it resumes, so a cancelled waiter can never
+    lose a message). Push callbacks are served first.
     """
 
-    __slots__ = ("spec", "capacity", "ready", "_takers", "_putters")
+    __slots__ = ("spec", "capacity", "ready", "_pushers", "_takers", "_putters")
 
     def __init__(self, spec: QueueSpec) -> None:
         self.spec = spec
         self.capacity = spec.max_length
         self.ready: deque[Message] = deque()
-        self._takers: deque[asyncio.Future[None] | Callable[[], None]] = deque()
+        self._pushers: deque[Callable[[], None]] = deque()
+        self._takers: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
 
     @staticmethod
-    def _wake_one(waiters: deque) -> None:
+    def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
         while waiters:
             w = waiters.popleft()
-            if isinstance(w, asyncio.Future):
-                if not w.done():
-                    w.set_result(None)
-                    return
-            else:
-                w()  # a consumer's push callback: it takes what it can right now
+            if not w.done():
+                w.set_result(None)
                 return
 
     def put(self, message: Message) -> bool:
@@ -59,13 +57,16 @@ class MemoryQueue:
         return True
 
     def wake(self) -> None:
-        if self._takers:
+        """One waiting consumer: messages are ready."""
+        if self._pushers:
+            self._pushers.popleft()()  # a consumer's push callback: it takes what it can now
+        elif self._takers:
             self._wake_one(self._takers)
 
     def append(self, message: Message) -> None:
         self.ready.append(message)
-        if self._takers:
-            self._wake_one(self._takers)
+        if self._pushers or self._takers:
+            self.wake()
 
     def take_nowait(self, n: int) -> list[Message]:
         ready = self.ready
@@ -75,11 +76,16 @@ class MemoryQueue:
             out = [ready.popleft()]
         else:
             out = [ready.popleft() for _ in range(min(n, len(ready)))]
-        if self._putters:
-            for _ in range(len(out)):
-                self._wake_one(self._putters)
-        if ready and self._takers:
-            self._wake_one(self._takers)  # more left: let another consumer have some
+        putters = self._putters
+        if putters:  # one waiting publisher per slot freed
+            for _ in out:
+                while putters:
+                    fut = putters.popleft()
+                    if not fut.done():
+                        fut.set_result(None)
+                        break
+        if ready and (self._pushers or self._takers):
+            self.wake()  # more left: let another consumer have some
         return out
 
     async def wait_ready(self) -> None:
@@ -172,9 +178,9 @@ class MemoryDriver(Driver):
         else:
             q.ready.extend(messages)
         for _ in messages:
-            if not q._takers:
+            if not (q._pushers or q._takers):
                 break
-            q._wake_one(q._takers)
+            q.wake()
 
     def putter(self, queue_id: str) -> Callable[[Message], bool]:
         return self._queue(queue_id).put
@@ -185,17 +191,19 @@ class MemoryDriver(Driver):
     async def wait_room(self, queue_id: str) -> None:
         await self._queue(queue_id).wait_room()
 
+    def room_waiter(self, queue_id: str) -> Callable[[], Awaitable[bool]]:
+        return self._queue(queue_id).wait_room
+
     def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
         return self._queue(queue_id).take_nowait
 
-    def notify_when_ready(self, queue_id: str, callback: Callable[[], None]) -> bool:
-        self._queue(queue_id)._takers.append(callback)
-        return True
+    def notifier(self, queue_id: str) -> Callable[[Callable[[], None]], None]:
+        return self._queue(queue_id)._pushers.append
 
     def cancel_notify(self, queue_id: str, callback: Callable[[], None]) -> None:
-        takers = self._queue(queue_id)._takers
+        pushers = self._queue(queue_id)._pushers
         try:
-            takers.remove(callback)
+            pushers.remove(callback)
         except ValueError:
             pass
 

@@ -7,6 +7,9 @@ A handler is an async callable taking a :class:`~wqnb.message.Delivery`:
   (a Lua handler's ``return nil, err`` raises :class:`~wqnb.errors.HandlerError(err)`);
 * it may settle early with ``await delivery.ack()`` / ``await delivery.nack(reason)``;
   the consumer then leaves the delivery alone (settle is single-shot).
+* optionally, ``handler.body_fn`` is an async callable taking the body alone, for a
+  handler that never uses its Delivery: the consumer then calls ``await body_fn(body)``
+  and makes no Delivery (the per-message path of a plain ``async def fn(body)``).
 
 Handlers are built once per function entry, before anything runs, from a
 :class:`FunctionSpec` and the :class:`HandlerServices` the runtime lends them.

@@ -50,6 +50,7 @@ def python_handler(fn: Callable[..., Any], *, offload: bool) -> Handler:
         else:
             async def handle(d: Delivery) -> None:
                 await fn(d.message.body)
+            handle.body_fn = fn  # type: ignore[attr-defined]  # the consumer may call fn(body) itself
         return handle
 
     if offload:

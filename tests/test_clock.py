@@ -4,6 +4,9 @@ deterministic, and a run can start from inside a running loop."""
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
+import selectors
 import threading
 import time
 
@@ -126,3 +129,148 @@ def test_runs_are_deterministic():
         return out
 
     assert trace() == trace()
+
+
+# -- the virtual loop runs callbacks in exactly the order asyncio's own loop would ----------
+class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """A selector that, asked to wait, moves the reference loop's clock instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: _StockVirtualLoop | None = None
+
+    def select(self, timeout=None):  # noqa: ANN001
+        if timeout is None:
+            raise RuntimeError("reference loop: nothing scheduled")
+        if timeout > 0:
+            self.loop.now += timeout
+        return super().select(0)
+
+
+class _FifoTimer(asyncio.TimerHandle):
+    """asyncio orders timers by time alone, so timers due at one instant come off its heap
+    in whatever order the heap holds them; wqnb's loop runs them in the order they were
+    scheduled. The reference breaks ties the same way, and is otherwise asyncio's own."""
+
+    __slots__ = ("seq",)
+
+    def __lt__(self, other: _FifoTimer) -> bool:  # type: ignore[override]
+        return (self._when, self.seq) < (other._when, other.seq)
+
+
+class _StockVirtualLoop(asyncio.SelectorEventLoop):
+    """The reference: asyncio's own ``_run_once``, whose waits jump a fake clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.seq = 0
+        selector = _JumpSelector()
+        super().__init__(selector)
+        selector.loop = self
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when, callback, *args, context=None):  # noqa: ANN001
+        self.seq += 1
+        timer = _FifoTimer(when, callback, args, self, context)
+        timer.seq = self.seq
+        heapq.heappush(self._scheduled, timer)
+        timer._scheduled = True
+        return timer
+
+
+def _scenario(seed: int, use_wqnb_sleep: bool):
+    """Tasks that sleep, call_soon, call_later, cancel and wake each other; every step logged.
+
+    Times are multiples of 0.25 s (exact in binary), so many things happen at one instant."""
+    from wqnb.clock import sleep as wqnb_sleep
+
+    rng = random.Random(seed)
+    log: list[tuple] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        nap = wqnb_sleep if use_wqnb_sleep else asyncio.sleep
+        waiters: list[asyncio.Future] = []
+
+        def note(*what):
+            log.append((loop.time(), *what))
+
+        async def actor(name: str):
+            for step in range(12):
+                r = rng.random()
+                if r < 0.45:
+                    await nap(rng.choice([0, 0.25, 0.25, 0.5, 1.0]))
+                elif r < 0.55:
+                    await asyncio.sleep(0)
+                elif r < 0.65:
+                    loop.call_soon(note, name, step, "soon")
+                elif r < 0.75:
+                    h = loop.call_later(rng.choice([0.25, 0.5]), note, name, step, "later")
+                    if rng.random() < 0.3:
+                        h.cancel()
+                elif r < 0.85:
+                    fut = loop.create_future()
+                    waiters.append(fut)
+                    await asyncio.wait([fut], timeout=rng.choice([0.25, 0.75]))
+                else:
+                    while waiters:
+                        w = waiters.pop(0)
+                        if not w.done():
+                            w.set_result(name)
+                            break
+                note(name, step)
+
+        tasks = [asyncio.ensure_future(actor(f"a{i}")) for i in range(6)]
+        victim = asyncio.ensure_future(nap(0.5))
+        loop.call_later(0.25, victim.cancel)
+        await asyncio.gather(*tasks)
+        await asyncio.gather(victim, return_exceptions=True)
+        note("end")
+
+    return main, log
+
+
+def _run_reference(coro) -> None:
+    loop = _StockVirtualLoop()
+    try:
+        loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("use_wqnb_sleep", [False, True])
+def test_same_order_of_events_as_asyncios_own_loop(seed, use_wqnb_sleep):
+    main, expected = _scenario(seed, use_wqnb_sleep=False)
+    _run_reference(main())
+    main, got = _scenario(seed, use_wqnb_sleep=use_wqnb_sleep)
+    wqnb.run_virtual(main())
+    assert len(expected) > 50
+    assert got == expected
+
+
+def test_call_soon_handles_cancel_and_report_it():
+    async def main():
+        loop = asyncio.get_running_loop()
+        ran = []
+        h1 = loop.call_soon(ran.append, 1)
+        h2 = loop.call_soon(ran.append, 2)
+        h2.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return ran, h1.cancelled(), h2.cancelled(), loop.get_debug(), loop.create_future().get_loop() is loop
+
+    assert wqnb.run_virtual(main()) == ([1], False, True, False, True)
+
+
+def test_wqnb_sleep_is_asyncio_sleep_off_the_virtual_loop():
+    from wqnb.clock import sleep as wqnb_sleep
+
+    async def main():
+        t0 = time.perf_counter()
+        await wqnb_sleep(0.01)
+        return time.perf_counter() - t0
+
+    assert asyncio.run(main()) >= 0.009

@@ -16,7 +16,6 @@ from wqnb.drivers.memory import MemoryDriver
 from wqnb.runtime import DRIVERS
 
 
-
 class PullDriver(MemoryDriver):
     kind = "queue.driver.redis"  # stands in for a broker in this test
     ack_is_noop = False

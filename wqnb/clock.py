@@ -162,7 +162,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def sleep_future(self, delay: float) -> asyncio.Future[None]:
         """A future that completes ``delay`` virtual seconds from now: ``asyncio.sleep``
-        without its coroutine (see :func:`sleep`)."""
+        without its coroutine (see :func:`sleep`). A ``delay`` of 0 is a timer due now: it
+        completes once everything ready at this instant has run."""
         fut = _FUTURE(loop=self)
         self._timer_seq += 1
         heapq.heappush(self._timers, (self._now + (delay if delay > 0 else 0), self._timer_seq, fut))
@@ -262,7 +263,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             if self._stopping:
                 break
             # Run what is ready now, and what becomes ready at this same instant, in FIFO
-            # order: exactly what successive stock iterations would run, minus their overhead.
+            # order: what successive stock iterations would run, minus their overhead
+            # (tests/test_clock.py checks it against asyncio's own loop). Timers due at one
+            # instant run in the order they were scheduled; asyncio leaves that to its heap.
             while ready:
                 handle = popleft()
                 cls = handle.__class__
@@ -297,9 +300,9 @@ def sleep(delay: float) -> Awaitable[None]:
     later (no coroutine, no timer handle); elsewhere it is ``asyncio.sleep(delay)``.
     """
     loop = asyncio.get_running_loop()
-    if loop.__class__ is VirtualTimeLoop:
+    if loop.__class__ is VirtualTimeLoop and delay > 0:
         return loop.sleep_future(delay)
-    return asyncio.sleep(delay)
+    return asyncio.sleep(delay)  # sleep(0) is a bare yield, not a timer: keep its order
 
 
 def clock_fn(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

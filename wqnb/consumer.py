@@ -36,8 +36,10 @@ from .timeline import (
     EV_DEAD_LETTER,
     EV_DELIVER,
     EV_NACK,
+    EV_PUBLISH,
     EV_REQUEUE,
     EV_START,
+    Recorder,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ class _Route:
     """Where a queue lives: its driver and its index in the recorder's name table."""
 
     __slots__ = ("queue_id", "driver", "qi", "depth", "put", "wake", "wait_room", "take", "notify", "dead_letter",
-                 "max_attempts")
+                 "max_attempts", "publish_head")
 
     def __init__(self, queue_id: str, driver: Driver, qi: int, depth: Callable[[], int]) -> None:
         self.queue_id = queue_id
@@ -72,6 +74,7 @@ class _Route:
         self.notify = driver.notifier(queue_id)
         self.dead_letter: _Route | None = None
         self.max_attempts: int | None = None
+        self.publish_head = Recorder.head(EV_PUBLISH, qi, -1, -1)  # see Recorder.pack_fast
 
 
 class Consumer:
@@ -90,6 +93,8 @@ class Consumer:
         self._rec = rec
         self._w = rec.buf.extend  # record an event: self._w(self._pack(t, event, ...))
         self._pack = rec.pack
+        self._fast = rec.pack_fast
+        self._deliver_head = rec.head(EV_DELIVER, route.qi, self._ci, -1)
         self.buffer: deque[Message] = deque()
         self.busy = 0
         self.unsettled = 0
@@ -220,15 +225,14 @@ class Consumer:
     def _deliver(self, messages: list[Message]) -> None:
         """Messages taken from the queue enter the buffer: one ``deliver`` row each."""
         buffer = self.buffer
-        w, pack = self._w, self._pack
+        w, fast, head = self._w, self._fast, self._deliver_head
         now = self._now()
-        qi, ci = self.route.qi, self._ci
         depth = self.route.depth() + len(messages)
         for m in messages:
             buffer.append(m)
             self.unsettled += 1
             depth -= 1
-            w(pack(now, EV_DELIVER, qi, ci, -1, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
+            w(fast(now, head, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
         idle = self._idle
         for _ in messages:
             if not idle:
@@ -244,7 +248,9 @@ class Consumer:
         route = self.route
         qi, ci = route.qi, self._ci
         depth = route.depth
-        record, pack, now = self._w, self._pack, self._now
+        record, fast, now = self._w, self._fast, self._now
+        start_head = self._rec.head(EV_START, qi, ci, w)
+        ack_head = self._rec.head(EV_ACK, qi, ci, w)
         handler = self.handler
         # A handler that never needs the Delivery (a Python ``fn(body)``) is called with the
         # body alone: no Delivery object, no wrapper coroutine, on the per-message path.
@@ -269,8 +275,7 @@ class Consumer:
             self.busy += 1
             self._starts += 1
             started = self._starts
-            record(pack(now(), EV_START, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer),
-                        self.busy, self.unsettled))
+            record(fast(now(), start_head, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled))
             if not self._watching:  # top the buffer up, or ask to hear when the queue has more
                 if push and not depth():
                     self._watching = True
@@ -317,7 +322,7 @@ class Consumer:
                 if settled is None:
                     if ack_inline:  # the common case, without a coroutine call
                         self.unsettled -= 1
-                        record(pack(now(), EV_ACK, qi, ci, w, msg.seq, msg.attempt, 0, depth(), len(buffer),
+                        record(fast(now(), ack_head, msg.seq, msg.attempt, 0, depth(), len(buffer),
                                     self.busy, self.unsettled))
                         if not self.unsettled and runtime._drain_waiters:
                             runtime._notify_settled()

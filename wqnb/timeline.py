@@ -30,6 +30,8 @@ import pandas as pd
 __all__ = [
     "EVENTS",
     "ROW",
+    "ROW_FAST",
+    "ROW_HEAD",
     "Recorder",
     "Timeline",
     "EV_PUBLISH",
@@ -72,6 +74,11 @@ ROW_DTYPE = np.dtype(
 )
 ROW = struct.Struct("<dBhhhqiiiiii")  # the same layout, for writers
 assert ROW.size == ROW_DTYPE.itemsize
+#: (event, queue, consumer, worker) packed once: a writer that records the same kind of
+#: event again and again keeps this head and packs the rest with ROW_FAST (same bytes).
+ROW_HEAD = struct.Struct("<Bhhh")
+ROW_FAST = struct.Struct(f"<d{ROW_HEAD.size}sqiiiiii")
+assert ROW_FAST.size == ROW.size
 GAUGES = ("depth", "buffered", "busy", "unsettled")
 
 
@@ -98,12 +105,18 @@ class Recorder:
 
     Writers keep ``write = recorder.buf.extend`` and ``pack = recorder.pack`` and record
     an event as ``write(pack(t, event, queue, consumer, worker, seq, attempt, error,
-    depth, buffered, busy, unsettled))``: two calls into C, nothing else.
+    depth, buffered, busy, unsettled))``: two calls into C, nothing else. On a hot path,
+    ``h = recorder.head(event, queue, consumer, worker)`` once, then
+    ``write(recorder.pack_fast(t, h, seq, attempt, error, depth, buffered, busy, unsettled))``
+    writes the same bytes with a quarter fewer arguments to convert.
     """
+
+    head = staticmethod(ROW_HEAD.pack)
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.pack = ROW.pack
+        self.pack_fast = ROW_FAST.pack
         self.queue_names: list[str] = []
         self.consumer_names: list[str] = []
         self.errors: list[str | None] = [None]

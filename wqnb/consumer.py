@@ -255,6 +255,9 @@ class Consumer:
         # A handler that never needs the Delivery (a Python ``fn(body)``) is called with the
         # body alone: no Delivery object, no wrapper coroutine, on the per-message path.
         direct: Callable[[Any], Any] | None = getattr(handler, "body_fn", None)
+        # A handler that usually ends without waiting (Lua) runs up to its first wait in a
+        # plain call: begin(d) returns None when it is done, or an awaitable to finish.
+        begin: Callable[[Delivery], Any] | None = getattr(handler, "begin", None)
         timeout = self.entry.timeout
         queue_id, consumer_id = route.queue_id, self.id
         ack_inline = route.driver.ack_is_noop
@@ -288,6 +291,10 @@ class Consumer:
                     await self._timed(direct(msg.body) if d is None else handler(d), timeout, d)  # type: ignore[misc]
                 elif d is None:
                     await direct(msg.body)  # type: ignore[misc]
+                elif begin is not None:
+                    pending = begin(d)
+                    if pending is not None:
+                        await pending
                 else:
                     await handler(d)
             except asyncio.CancelledError:

@@ -10,6 +10,10 @@ A handler is an async callable taking a :class:`~wqnb.message.Delivery`:
 * optionally, ``handler.body_fn`` is an async callable taking the body alone, for a
   handler that never uses its Delivery: the consumer then calls ``await body_fn(body)``
   and makes no Delivery (the per-message path of a plain ``async def fn(body)``).
+* optionally, ``handler.begin(delivery)`` runs the handler until it first waits, in a plain
+  call: it returns None when the handler ended well, raises when it failed, or returns an
+  awaitable that finishes the work. The consumer prefers it to ``await handler(delivery)``
+  (a Lua handler that never waits then costs no coroutine).
 
 Handlers are built once per function entry, before anything runs, from a
 :class:`FunctionSpec` and the :class:`HandlerServices` the runtime lends them.

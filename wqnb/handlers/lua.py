@@ -16,6 +16,7 @@ and 5.5 rejects 5.1-style code that assigns to a loop variable; speed is within 
 from __future__ import annotations
 
 import re
+from collections.abc import Coroutine
 from typing import Any
 
 import lupa.lua54 as engine
@@ -186,33 +187,63 @@ class LuaHandler:
         return f"<LuaHandler {self.spec.id} ({engine.LUA_VERSION if hasattr(engine, 'LUA_VERSION') else 'Lua'})>"
 
     async def __call__(self, delivery: Delivery) -> None:
+        pending = self.begin(delivery)
+        if pending is not None:
+            await pending
+
+    def begin(self, delivery: Delivery) -> Coroutine[Any, Any, None] | None:
+        """Run the handler until it first waits (sleep, publish, ack, nack) or ends.
+
+        Returns None when it ended well (ack), raises when it failed (nack), or returns a
+        coroutine that performs the waits and finishes. Most handlers never wait, so the
+        consumer calls this instead of ``await handler(delivery)``: no coroutine for them."""
         self._token = token = self._token + 1
         self._live[token] = delivery
         idle = self._idle
         slot = idle.pop() if idle else self._new_runner()
         try:
-            try:
-                if self._threshold is None:
-                    r = self._step(slot, token, delivery.message.body)
-                else:
-                    r = self._step(slot, token, delivery.message.body, self._threshold())
-            except LuaError as e:  # could not even pass the body in (memory cap)
-                self._drop(slot)
-                raise LuaHandlerError(self._explain(str(e))) from None
+            if self._threshold is None:
+                r = self._step(slot, token, delivery.message.body)
+            else:
+                r = self._step(slot, token, delivery.message.body, self._threshold())
+        except LuaError as e:  # could not even pass the body in (memory cap)
+            del self._live[token]
+            self._drop(slot)
+            raise LuaHandlerError(self._explain(str(e))) from None
+        except BaseException:
+            del self._live[token]
+            raise
+        code = r[0]
+        if code >= OP_SLEEP:
+            return self._waits(slot, token, r)
+        del self._live[token]
+        if code == OK:  # the common case, inline
+            idle.append(slot)
+            return None
+        self._end(slot, r)
+        return None
+
+    async def _waits(self, slot: int, token: int, r: tuple[Any, ...]) -> None:
+        try:
             code = r[0]
             while code >= OP_SLEEP:
                 r = await self._op(slot, r)
                 code = r[0]
         finally:
             del self._live[token]
+        self._end(slot, r)
+
+    def _end(self, slot: int, r: tuple[Any, ...]) -> None:
+        """The handler returned (ack) or failed (raise: the consumer nacks)."""
+        code = r[0]
         if code == OK:
-            idle.append(slot)
+            self._idle.append(slot)
             return
         if code == FAIL:
-            idle.append(slot)
+            self._idle.append(slot)
             raise HandlerError(r[1])
         if code == ERR:
-            idle.append(slot)
+            self._idle.append(slot)
         raise LuaHandlerError(self._explain(r[1]))
 
     def _explain(self, text: object) -> str:

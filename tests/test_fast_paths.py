@@ -126,3 +126,54 @@ def test_simpy_rows_are_wqnbs_rows_for_the_same_model():
                        service_time=wqnb.Exponential(0.05), max_length=10**6, seed=2)
     kinds = Counter(tl.df["event"].astype(str))
     assert kinds == {"publish": 3_000, "deliver": 3_000, "start": 3_000, "ack": 3_000}
+
+
+LUA_APP = """\
+namespace: t
+entries:
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - name: tasks
+    kind: queue.queue
+    driver: t:mem
+    dead_letter: {queue: t:dead, max_attempts: 2}
+  - {name: dead, kind: queue.queue, driver: t:mem}
+  - {name: c, kind: queue.consumer, queue: t:tasks, func: t:h, concurrency: 2, prefetch: 4,
+     lifecycle: {auto_start: true}}
+  - name: h
+    kind: function.lua
+    modules: [%(modules)s]
+    source: |
+      local time = require("time")
+      return function(body)
+        time.sleep("250ms")
+        if body == "bad" then return nil, "refused " .. body end
+        %(extra)s
+      end
+"""
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_lua_handlers_with_and_without_the_queue_module_give_the_same_timeline(with_queue):
+    pytest.importorskip("lupa")
+    src = LUA_APP % {
+        "modules": "time, queue" if with_queue else "time",
+        "extra": 'assert(#require("queue").message():id() == 36)' if with_queue else "",
+    }
+
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string(src)
+        await rt.start()
+        for body in ["a", "bad", "b"]:
+            await rt.publish("t:tasks", body)
+        await rt.drain()
+        await rt.stop()
+        return rt
+
+    rt = wqnb.run_virtual(main())
+    handler = rt.consumers["t:c"].handler
+    assert hasattr(handler, "body_fn") is (not with_queue)  # no Delivery without the queue module
+    df = rt.timeline.df
+    assert Counter(df["event"].astype(str)) == {"publish": 3, "deliver": 4, "start": 4, "ack": 2, "nack": 2,
+                                                "requeue": 1, "dead_letter": 1}
+    assert rows(df, "ack")["t"].tolist() == [0.25, 0.5]
+    assert rows(df, "nack")["error"].tolist() == ["refused bad", "refused bad"]

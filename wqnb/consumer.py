@@ -252,8 +252,9 @@ class Consumer:
         start_head = self._rec.head(EV_START, qi, ci, w)
         ack_head = self._rec.head(EV_ACK, qi, ci, w)
         handler = self.handler
-        # A handler that never needs the Delivery (a Python ``fn(body)``) is called with the
-        # body alone: no Delivery object, no wrapper coroutine, on the per-message path.
+        # A handler that never needs the Delivery (a Python ``fn(body)``, a Lua handler
+        # without the queue module) is called with the body alone: no Delivery object, no
+        # wrapper coroutine. It returns an awaitable, or None when it is already done.
         direct: Callable[[Any], Any] | None = getattr(handler, "body_fn", None)
         # A handler that usually ends without waiting (Lua) runs up to its first wait in a
         # plain call: begin(d) returns None when it is done, or an awaitable to finish.
@@ -290,7 +291,9 @@ class Consumer:
                 if timeout is not None:
                     await self._timed(direct(msg.body) if d is None else handler(d), timeout, d)  # type: ignore[misc]
                 elif d is None:
-                    await direct(msg.body)  # type: ignore[misc]
+                    pending = direct(msg.body)  # type: ignore[misc]
+                    if pending is not None:
+                        await pending
                 elif begin is not None:
                     pending = begin(d)
                     if pending is not None:
@@ -343,6 +346,8 @@ class Consumer:
 
     @staticmethod
     async def _timed(coro: Any, timeout: float, d: Delivery | None) -> None:
+        if coro is None:  # a body_fn that finished in its call
+            return
         try:
             async with asyncio.timeout(timeout):
                 await coro

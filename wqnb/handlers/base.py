@@ -7,9 +7,10 @@ A handler is an async callable taking a :class:`~wqnb.message.Delivery`:
   (a Lua handler's ``return nil, err`` raises :class:`~wqnb.errors.HandlerError(err)`);
 * it may settle early with ``await delivery.ack()`` / ``await delivery.nack(reason)``;
   the consumer then leaves the delivery alone (settle is single-shot).
-* optionally, ``handler.body_fn`` is an async callable taking the body alone, for a
-  handler that never uses its Delivery: the consumer then calls ``await body_fn(body)``
-  and makes no Delivery (the per-message path of a plain ``async def fn(body)``).
+* optionally, ``handler.body_fn`` is a callable taking the body alone, for a handler that
+  never uses its Delivery; it returns an awaitable, or None when it is already done. The
+  consumer then calls it and makes no Delivery (the per-message path of a plain
+  ``async def fn(body)``, and of a Lua handler without the ``queue`` module).
 * optionally, ``handler.begin(delivery)`` runs the handler until it first waits, in a plain
   call: it returns None when the handler ended well, raises when it failed, or returns an
   awaitable that finishes the work. The consumer prefers it to ``await handler(delivery)``

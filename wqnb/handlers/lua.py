@@ -182,6 +182,10 @@ class LuaHandler:
         self._new_runner = K.new_runner
         self._drop = K.drop
         self._threshold = self.host.log_threshold if "logger" in spec.modules else None
+        if "queue" not in spec.modules:
+            # Without the queue module the handler cannot reach its delivery: the consumer
+            # may call body_fn(body) and make no Delivery (see handlers/base.py).
+            self.body_fn = self._begin_body
 
     def __repr__(self) -> str:
         return f"<LuaHandler {self.spec.id} ({engine.LUA_VERSION if hasattr(engine, 'LUA_VERSION') else 'Lua'})>"
@@ -199,24 +203,34 @@ class LuaHandler:
         consumer calls this instead of ``await handler(delivery)``: no coroutine for them."""
         self._token = token = self._token + 1
         self._live[token] = delivery
+        try:
+            pending = self._run(token, delivery.message.body)
+        except BaseException:
+            del self._live[token]
+            raise
+        if pending is None:
+            del self._live[token]
+        return pending
+
+    def _begin_body(self, body: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """:meth:`begin` for a handler without the ``queue`` module: it has no way to
+        reach its message (``queue.message()``), so the consumer passes the body alone."""
+        return self._run(0, body)
+
+    def _run(self, token: int, body: str | bytes) -> Coroutine[Any, Any, None] | None:
         idle = self._idle
         slot = idle.pop() if idle else self._new_runner()
         try:
             if self._threshold is None:
-                r = self._step(slot, token, delivery.message.body)
+                r = self._step(slot, token, body)
             else:
-                r = self._step(slot, token, delivery.message.body, self._threshold())
+                r = self._step(slot, token, body, self._threshold())
         except LuaError as e:  # could not even pass the body in (memory cap)
-            del self._live[token]
             self._drop(slot)
             raise LuaHandlerError(self._explain(str(e))) from None
-        except BaseException:
-            del self._live[token]
-            raise
         code = r[0]
         if code >= OP_SLEEP:
             return self._waits(slot, token, r)
-        del self._live[token]
         if code == OK:  # the common case, inline
             idle.append(slot)
             return None
@@ -230,7 +244,7 @@ class LuaHandler:
                 r = await self._op(slot, r)
                 code = r[0]
         finally:
-            del self._live[token]
+            self._live.pop(token, None)
         self._end(slot, r)
 
     def _end(self, slot: int, r: tuple[Any, ...]) -> None:

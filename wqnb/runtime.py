@@ -276,16 +276,7 @@ class Runtime:
         route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
-        # self._message(body, headers), inlined: this is the per-message path
-        ids = self._ids
-        seq = ids._next
-        ids._next = seq + 1
-        ts = self._unix0 + (self._now() - self.recorder.t0) if self._virtual else _unix_now()
-        if type(body) is not str:
-            body = encode_body(body)
-        prefix = ids.prefix
-        msg = Message(f"{prefix}{seq:012x}", seq, body, {"timestamp": int(ts), **headers} if headers else None,
-                      1, prefix, ts)
+        msg = self._message(body, headers, named=True)  # publish returns the id: make it now
         w, pack = self._w, self._pack
         put = route.put
         if put is None:  # a broker: the driver publishes (and waits) itself

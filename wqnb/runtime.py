@@ -259,6 +259,7 @@ class Runtime:
         ids = self._ids
         seq = ids._next
         ids._next = seq + 1
+        # unix_time(), without its call: this runs for every message
         ts = self._unix0 + (self._now() - self.recorder.t0) if self._virtual else _unix_now()
         if type(body) is not str:
             body = encode_body(body)
@@ -289,7 +290,7 @@ class Runtime:
         # recorded before anyone is woken, so the message's story starts with its publish
         w(self._fast(self._now(), route.publish_head, msg.seq, 1, 0, route.depth(), -1, -1, -1))
         route.wake()
-        return msg._id  # type: ignore[return-value]
+        return msg.id
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message now or raise :class:`~wqnb.errors.QueueFull` (for sync code on the loop)."""

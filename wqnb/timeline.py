@@ -18,10 +18,9 @@ runtime started. ``queue``, ``consumer`` and ``error`` are small integers into n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-import struct
 from typing import Any
 
 import numpy as np

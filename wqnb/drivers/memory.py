@@ -77,13 +77,10 @@ class MemoryQueue:
         else:
             out = [ready.popleft() for _ in range(min(n, len(ready)))]
         putters = self._putters
-        if putters:  # one waiting publisher per slot freed
-            for _ in out:
-                while putters:
-                    fut = putters.popleft()
-                    if not fut.done():
-                        fut.set_result(None)
-                        break
+        for _ in out:  # one waiting publisher per slot freed
+            if not putters:
+                break
+            self._wake_one(putters)
         if ready and (self._pushers or self._takers):
             self.wake()  # more left: let another consumer have some
         return out

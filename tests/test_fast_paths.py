@@ -5,7 +5,10 @@
 * a message's id and headers are made when first asked for, and are the same then as the
   ones ``publish`` returns and the timeline shows;
 * ``simulate``'s samplers draw the numbers the distributions' ``sample`` draws;
-* the SimPy baseline with ``rows=True`` records the rows wqnb records.
+* the SimPy baseline with ``rows=True`` records the rows wqnb records;
+* ids formatted by ``IdSource.name`` and by the timeline's vectorised builder are the
+  strings the plain f-string gives;
+* a queue's depth read through ``driver.ready_view`` is ``driver.depth``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import pytest
 from _helpers import Q, rows, runtime, virtual
 
 import wqnb
-from wqnb.message import Message
+from wqnb.drivers.base import Driver
+from wqnb.drivers.memory import MemoryDriver
+from wqnb.message import IdSource, Message
 from wqnb.sim import Constant, Exponential, LogNormal, Uniform, sampler
+from wqnb.timeline import _id_dtype
 
 
 def test_a_body_only_handler_that_cannot_be_called_is_nacked_not_lost():
@@ -177,3 +183,73 @@ def test_lua_handlers_with_and_without_the_queue_module_give_the_same_timeline(w
                                                 "requeue": 1, "dead_letter": 1}
     assert rows(df, "ack")["t"].tolist() == [0.25, 0.5]
     assert rows(df, "nack")["error"].tolist() == ["refused bad", "refused bad"]
+
+
+def test_idsource_names_are_the_plain_format_across_block_boundaries():
+    ids = IdSource(random.Random(3))
+    seqs = [*range(0, 1100), 2**20 - 1, 2**20, 2**47 + 5, 2**48 - 1, 255, 256, 0]  # and back again
+    assert [ids.name(s) for s in seqs] == [f"{ids.prefix}{s:012x}" for s in seqs]
+    assert len(ids.name(7)) == 36 and ids.name(7)[14] == "4"  # UUID 4's shape
+
+
+@pytest.mark.parametrize("prefix,n", [("", 0), ("", 1), ("p-", 257), ("é-", 3),
+                                      ("12345678-1234-4123-8123-", 70_000)])
+def test_the_timelines_id_categories_are_the_plain_ones(prefix, n):
+    import pandas as pd
+
+    fast = _id_dtype(prefix, n)
+    plain = pd.CategoricalDtype([f"{prefix}{s:012x}" for s in range(n)])
+    assert fast == plain
+    assert fast.categories.dtype == plain.categories.dtype
+    assert fast.categories.tolist() == plain.categories.tolist()
+
+
+def test_a_timeline_with_many_messages_names_each_by_its_published_id():
+    async def main():
+        rt = runtime(_noop_body)
+        await rt.start()
+        ids = [await rt.publish(Q, str(i)) for i in range(600)]
+        await rt.drain()
+        await rt.stop()
+        return rt, ids
+
+    rt, ids = virtual(main)
+    df = rt.timeline.df
+    assert rows(df, "publish")["msg_id"].tolist() == ids
+    assert rows(df, "ack")["msg_id"].astype(str).value_counts().to_dict() == dict.fromkeys(ids, 1)
+
+
+async def _noop_body(body):
+    return None
+
+
+def test_depth_through_ready_view_is_the_drivers_depth():
+    mem = MemoryDriver("m")
+    mem.declare(wqnb.drivers.base.QueueSpec("q", max_length=5))
+    view = mem.ready_view("q")
+    mem.publish_nowait("q", Message(None, 0, "x"))
+    assert len(view) == mem.depth("q") == 1
+
+    class Counting(MemoryDriver):  # a driver that only answers depth(): the generic view
+        def ready_view(self, queue_id):
+            return Driver.ready_view(self, queue_id)
+
+    other = Counting("c")
+    other.declare(wqnb.drivers.base.QueueSpec("q"))
+    view = other.ready_view("q")
+    assert len(view) == 0 and not view
+    other.publish_nowait("q", Message(None, 0, "x"))
+    other.publish_nowait("q", Message(None, 1, "y"))
+    assert len(view) == other.depth("q") == 2 and view
+
+
+def test_a_redeclared_memory_queue_takes_its_new_max_length():
+    from wqnb.drivers.base import QueueSpec
+
+    mem = MemoryDriver("m")
+    mem.declare(QueueSpec("q", max_length=1))
+    mem.publish_nowait("q", Message(None, 0, "x"))
+    mem.declare(QueueSpec("q", max_length=2))
+    mem.publish_nowait("q", Message(None, 1, "y"))  # room now
+    with pytest.raises(wqnb.QueueFull):
+        mem.publish_nowait("q", Message(None, 2, "z"))

@@ -57,16 +57,19 @@ SPIN_LIMIT = 1000
 
 
 class _Route:
-    """Where a queue lives: its driver and its index in the recorder's name table."""
+    """Where a queue lives: its driver and its index in the recorder's name table.
 
-    __slots__ = ("queue_id", "driver", "qi", "depth", "put", "wake", "wait_room", "take", "notify", "dead_letter",
+    ``len(route.ready)`` is the queue's depth (``driver.ready_view``: for the memory
+    driver, its deque itself), read for every recorded event."""
+
+    __slots__ = ("queue_id", "driver", "qi", "ready", "put", "wake", "wait_room", "take", "notify", "dead_letter",
                  "max_attempts", "publish_head")
 
-    def __init__(self, queue_id: str, driver: Driver, qi: int, depth: Callable[[], int]) -> None:
+    def __init__(self, queue_id: str, driver: Driver, qi: int) -> None:
         self.queue_id = queue_id
         self.driver = driver
         self.qi = qi
-        self.depth = depth
+        self.ready = driver.ready_view(queue_id)
         self.put = driver.putter(queue_id)
         self.wake = driver.waker(queue_id)
         self.wait_room = driver.room_waiter(queue_id)
@@ -75,6 +78,9 @@ class _Route:
         self.dead_letter: _Route | None = None
         self.max_attempts: int | None = None
         self.publish_head = Recorder.head(EV_PUBLISH, qi, -1, -1)  # see Recorder.pack_fast
+
+    def depth(self) -> int:
+        return len(self.ready)
 
 
 class Consumer:
@@ -111,7 +117,7 @@ class Consumer:
         self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
-        self._on_ready = self._fill  # one bound method, registered with the queue and withdrawn by stop
+        self._on_ready = self._on_push  # one bound method, registered with the queue and withdrawn by stop
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -181,16 +187,14 @@ class Consumer:
         """Top the buffer up from the queue without waiting; if the queue runs dry,
         ask to hear when it is not (push) or wake the fetcher (pull).
 
-        It is also the push callback: the queue calls it once when a message is ready.
-        Workers call it only when no callback is registered (``_watching`` is False)."""
-        self._watching = False
+        Workers call it only when no push callback is registered (``_watching`` is False)."""
         if self._closing:
             return
         room = self.prefetch - len(self.buffer)
         if room <= 0:
             return
         route = self.route
-        if route.depth():  # (a local count: skip the take when the queue is empty)
+        if route.ready:  # (a local count: skip the take when the queue is empty)
             got = route.take(room)
             if got:
                 self._deliver(got)
@@ -203,6 +207,38 @@ class Consumer:
             waiter = self._room_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _on_push(self) -> None:
+        """The push callback: the queue calls it, once, when messages are ready.
+
+        ``_fill`` for a queue known not to be empty, with the delivery of the commonest
+        case (one message) written out: in a busy pipeline this runs for every message."""
+        self._watching = False
+        if self._closing:
+            return
+        buffer = self.buffer
+        room = self.prefetch - len(buffer)
+        if room <= 0:
+            return
+        route = self.route
+        got = route.take(room)
+        if len(got) == 1:
+            m = got[0]
+            buffer.append(m)
+            self.unsettled += 1
+            self._w(self._fast(self._now(), self._deliver_head, m.seq, m.attempt, 0, len(route.ready), len(buffer),
+                               self.busy, self.unsettled))
+            idle = self._idle
+            while idle:
+                w = idle.popleft()
+                if not w.done():
+                    w.set_result(None)
+                    break
+        elif got:
+            self._deliver(got)
+        if len(got) < room:
+            self._watching = True
+            route.notify(self._on_ready)  # type: ignore[misc]
 
     async def _fetch_loop(self) -> None:
         """Pull mode: wait for messages, take a batch of up to the buffer's free room."""
@@ -227,7 +263,7 @@ class Consumer:
         buffer = self.buffer
         w, fast, head = self._w, self._fast, self._deliver_head
         now = self._now()
-        depth = self.route.depth() + len(messages)
+        depth = len(self.route.ready) + len(messages)
         for m in messages:
             buffer.append(m)
             self.unsettled += 1
@@ -247,7 +283,7 @@ class Consumer:
         buffer = self.buffer
         route = self.route
         qi, ci = route.qi, self._ci
-        depth = route.depth
+        ready = route.ready
         record, fast, now = self._w, self._fast, self._now
         start_head = self._rec.head(EV_START, qi, ci, w)
         ack_head = self._rec.head(EV_ACK, qi, ci, w)
@@ -279,13 +315,15 @@ class Consumer:
             self.busy += 1
             self._starts += 1
             started = self._starts
-            record(fast(now(), start_head, msg.seq, msg.attempt, 0, depth(), len(buffer), self.busy, self.unsettled))
+            record(fast(now(), start_head, msg.seq, msg.attempt, 0, len(ready), len(buffer), self.busy, self.unsettled))
             if not self._watching:  # top the buffer up, or ask to hear when the queue has more
-                if push and not depth():
+                if not push:
+                    self._fill()
+                elif ready:
+                    on_ready()  # what the queue would call: take what fits, then watch
+                else:
                     self._watching = True
                     notify(on_ready)
-                else:
-                    self._fill()
             d = None if direct is not None else Delivery(msg, queue_id, consumer_id, w, self)
             try:
                 if timeout is not None:
@@ -332,7 +370,7 @@ class Consumer:
                 if settled is None:
                     if ack_inline:  # the common case, without a coroutine call
                         self.unsettled -= 1
-                        record(fast(now(), ack_head, msg.seq, msg.attempt, 0, depth(), len(buffer),
+                        record(fast(now(), ack_head, msg.seq, msg.attempt, 0, len(ready), len(buffer),
                                     self.busy, self.unsettled))
                         if not self.unsettled and runtime._drain_waiters:
                             runtime._notify_settled()

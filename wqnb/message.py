@@ -33,6 +33,9 @@ def encode_body(body: Any) -> str | bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+_LAST_TWO = tuple(f"{i:02x}" for i in range(256))
+
+
 class IdSource:
     """Message ids shaped like UUID 4: 74 random bits per source, then a 48-bit counter.
 
@@ -41,7 +44,7 @@ class IdSource:
     runtimes (74 random bits) and sorts in publish order within one.
     """
 
-    __slots__ = ("prefix", "_next")
+    __slots__ = ("prefix", "_next", "_block", "_head")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         bits = (rng or random.SystemRandom()).getrandbits(80)
@@ -49,6 +52,21 @@ class IdSource:
         variant = "89ab"[int(h[12], 16) & 3]
         self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-"
         self._next = 0
+        self._block = -1  # see name()
+        self._head = ""
+
+    def name(self, seq: int) -> str:
+        """The id of message ``seq``: ``prefix`` + ``seq`` as 12 hex digits.
+
+        The same string as ``f"{prefix}{seq:012x}"``, in a third of the time: the first
+        ten digits change once every 256 messages, so they are formatted then and kept,
+        and the last two come from a table. (``publish`` returns an id for every message.)
+        """
+        block = seq >> 8
+        if block != self._block:
+            self._head = f"{self.prefix}{block:010x}"
+            self._block = block
+        return self._head + _LAST_TWO[seq & 255]
 
 
 class Message:

@@ -68,6 +68,7 @@ class Runtime:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unix0 = 0.0
+        self._unix_shift = 0.0
         self._virtual = False
         self.state = "created"
         self._wire()
@@ -111,12 +112,7 @@ class Runtime:
                  max_attempts: int | None) -> None:
         driver.declare(QueueSpec(queue_id, max_length, dead_letter, max_attempts))
         qi = self.recorder.queue_index(queue_id)
-        depth: Callable[[], int]
-        if isinstance(driver, MemoryDriver):
-            depth = driver.queues[queue_id].ready.__len__
-        else:
-            depth = lambda: driver.depth(queue_id)  # noqa: E731
-        self.routes[queue_id] = _Route(queue_id, driver, qi, depth)
+        self.routes[queue_id] = _Route(queue_id, driver, qi)
         self.recorder.queues[queue_id] = QueueInfo(queue_id, max_length, dead_letter, max_attempts)
 
     def register_function(self, function_id: str, fn: Callable[..., Any], *, offload: bool | None = None) -> None:
@@ -184,8 +180,8 @@ class Runtime:
         if self.recorder.t0 is None:
             self.recorder.t0 = loop.time()
             self._unix0 = VIRTUAL_EPOCH if self._virtual else time.time()
-        else:  # a new loop: keep the timeline's t continuous
-            pass
+        # (a new loop keeps t0: the timeline's t stays continuous)
+        self._unix_shift = self._unix0 - self.recorder.t0  # virtual Unix time = loop time + this
 
     def _handler_for(self, c: ConsumerEntry) -> Handler:
         fn = self._functions.get(c.func)
@@ -254,19 +250,20 @@ class Runtime:
             raise QueueNotFound(f"queue not found: {queue_id} (declared queues: {known})")
         return route
 
-    def _message(self, body: Any, headers: dict[str, Any] | None, named: bool = False) -> Message:
-        """A new message; its id string is made now if ``named``, else when first asked for."""
+    def _message(self, body: Any, headers: dict[str, Any] | None, now: float, named: bool = False) -> Message:
+        """A new message published at ``now`` (the loop's clock, read once by the caller
+        for the message and its ``publish`` row); its id string is made now if ``named``,
+        else when first asked for."""
         ids = self._ids
         seq = ids._next
         ids._next = seq + 1
         # unix_time(), without its call: this runs for every message
-        ts = self._unix0 + (self._now() - self.recorder.t0) if self._virtual else _unix_now()
+        ts = now + self._unix_shift if self._virtual else _unix_now()
         if type(body) is not str:
             body = encode_body(body)
-        prefix = ids.prefix
         return Message(
-            f"{prefix}{seq:012x}" if named else None, seq, body,
-            {"timestamp": int(ts), **headers} if headers else None, 1, prefix, ts,
+            ids.name(seq) if named else None, seq, body,
+            {"timestamp": int(ts), **headers} if headers else None, 1, ids.prefix, ts,
         )
 
     async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
@@ -277,20 +274,23 @@ class Runtime:
         route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
-        msg = self._message(body, headers, named=True)  # publish returns the id: make it now
-        w, pack = self._w, self._pack
+        now = self._now()
+        msg = self._message(body, headers, now, named=True)  # publish returns the id: make it now
+        w = self._w
         put = route.put
         if put is None:  # a broker: the driver publishes (and waits) itself
             await route.driver.publish(queue_id, msg)
+            now = self._now()
         elif not put(msg):
-            w(pack(self._now(), EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+            w(self._pack(now, EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
             wait_room = route.wait_room
             while not put(msg):
                 await wait_room()
+            now = self._now()
         # recorded before anyone is woken, so the message's story starts with its publish
-        w(self._fast(self._now(), route.publish_head, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        w(self._fast(now, route.publish_head, msg.seq, 1, 0, len(route.ready), -1, -1, -1))
         route.wake()
-        return msg.id
+        return msg._id  # (named above: the id property would only return it)
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message now or raise :class:`~wqnb.errors.QueueFull` (for sync code on the loop)."""
@@ -307,7 +307,8 @@ class Runtime:
                     "publish_nowait needs the runtime's event loop; call it from code running on "
                     "that loop (a notebook cell, a widget callback), or use rt.sync()"
                 ) from None
-        msg = self._message(body, headers)
+        now = self._now()
+        msg = self._message(body, headers, now)
         if route.put is None:
             route.driver.publish_nowait(queue_id, msg)  # a broker: raises QueueFull itself
         elif not route.put(msg):
@@ -315,7 +316,7 @@ class Runtime:
             raise QueueFull(
                 f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
             )
-        self._w(self._fast(self._now(), route.publish_head, msg.seq, 1, 0, route.depth(), -1, -1, -1))
+        self._w(self._fast(now, route.publish_head, msg.seq, 1, 0, len(route.ready), -1, -1, -1))
         route.wake()
         return msg
 
@@ -360,7 +361,7 @@ class Runtime:
         """Unix time on the runtime's clock (virtual runs start at 2026-01-01T00:00Z)."""
         if self._loop is None or not self._virtual:
             return time.time()
-        return self._unix0 + (self._now() - (self.recorder.t0 or 0.0))
+        return self._now() + self._unix_shift
 
     @property
     def timeline(self) -> Timeline:

@@ -28,7 +28,7 @@ Drivers do not record events; the runtime and the consumers do (DESIGN §1).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +39,19 @@ __all__ = ["Driver", "QueueSpec"]
 
 def _nothing() -> None:
     return None
+
+
+class _DepthView:
+    """``len(view)`` is ``driver.depth(queue_id)``."""
+
+    __slots__ = ("driver", "queue_id")
+
+    def __init__(self, driver: Driver, queue_id: str) -> None:
+        self.driver = driver
+        self.queue_id = queue_id
+
+    def __len__(self) -> int:
+        return self.driver.depth(self.queue_id)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,11 @@ class Driver(ABC):
         return {"message_count": n, "ready": n}
 
     # -- fast paths: per-queue callables fetched once, used per message ---------------------
+    def ready_view(self, queue_id: str) -> Sized:
+        """Something whose ``len()`` is :meth:`depth` of one queue (read for every recorded
+        event: an in-process driver returns its ready deque itself)."""
+        return _DepthView(self, queue_id)
+
     def putter(self, queue_id: str) -> Callable[[Message], bool] | None:
         """In-process drivers: ``put(message) -> bool``, append now without waking anyone
         (False when full). The runtime records the ``publish`` row, then calls the

@@ -130,6 +130,7 @@ class MemoryDriver(Driver):
             self.queues[spec.id] = MemoryQueue(spec)
         else:
             q.spec = spec  # Wippy: a redeclare swaps the config and keeps the backlog
+            q.capacity = spec.max_length
 
     def has_queue(self, queue_id: str) -> bool:
         return queue_id in self.queues
@@ -190,6 +191,9 @@ class MemoryDriver(Driver):
 
     def room_waiter(self, queue_id: str) -> Callable[[], Awaitable[bool]]:
         return self._queue(queue_id).wait_room
+
+    def ready_view(self, queue_id: str) -> deque[Message]:
+        return self._queue(queue_id).ready
 
     def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
         return self._queue(queue_id).take_nowait

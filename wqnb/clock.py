@@ -219,13 +219,45 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         popleft = ready.popleft
         heappop = heapq.heappop
         while not self._stopping:
+            if not ready and timers and not self._threads_pending:
+                when, _, timer = timers[0]
+                if timer.__class__ is _FUTURE:  # the next event is the end of a sleep
+                    heappop(timers)
+                    if timer.done():  # a cancelled sleep
+                        continue
+                    if when > self._now:
+                        self._now = when  # jump to it
+                    if timers and timers[0][0] <= when:
+                        ready.append(timer)  # not alone at this instant: the general path
+                    else:
+                        # Alone at this instant: it would run next, and so would the
+                        # callbacks its set_result() queued. Run them now, skipping the
+                        # queue (the commonest step of a simulation; the order is the same).
+                        callbacks = timer._callbacks
+                        if callbacks:
+                            for callback, _ in callbacks:
+                                timer.remove_done_callback(callback)
+                        timer.set_result(None)
+                        if callbacks:
+                            for callback, context in callbacks:
+                                try:
+                                    context.run(callback, timer)
+                                except (SystemExit, KeyboardInterrupt):
+                                    raise
+                                except BaseException as exc:
+                                    self.call_exception_handler({
+                                        "message": f"Exception in callback {callback!r}",
+                                        "exception": exc, "future": timer,
+                                    })
+                                if self._stopping:
+                                    break
+                        continue
             if self._threads_pending or not timers:
                 if not ready or self._threads_pending:
                     self._next_instant()
             elif not ready:
                 top = timers[0]
-                entry = top[2]
-                if entry.done() if entry.__class__ is _FUTURE else entry._cancelled:
+                if top[2]._cancelled:  # (a future on top was handled above)
                     self._next_instant()  # drops dead timers first
                 elif top[0] > self._now:
                     self._now = top[0]  # jump to the next timer
@@ -234,31 +266,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 timer = heappop(timers)[2]
                 if timer.__class__ is not _FUTURE:
                     timer._scheduled = False
-                elif not ready and not (timers and timers[0][0] <= now):
-                    # A sleep ends, alone at this instant: it would run next, and so would
-                    # the callbacks its set_result() queued. Run them now, skipping the
-                    # queue (the commonest step of a simulation; the order is the same).
-                    if timer.done():
-                        continue
-                    callbacks = timer._callbacks
-                    if callbacks:
-                        for callback, _ in callbacks:
-                            timer.remove_done_callback(callback)
-                    timer.set_result(None)
-                    if callbacks:
-                        for callback, context in callbacks:
-                            try:
-                                context.run(callback, timer)
-                            except (SystemExit, KeyboardInterrupt):
-                                raise
-                            except BaseException as exc:
-                                self.call_exception_handler({
-                                    "message": f"Exception in callback {callback!r}",
-                                    "exception": exc, "future": timer,
-                                })
-                            if self._stopping:
-                                break
-                    continue
                 ready.append(timer)
             if self._stopping:
                 break

@@ -240,8 +240,12 @@ class Timeline:
         queues: dict[str, QueueInfo],
         consumers: dict[str, ConsumerInfo],
     ) -> Timeline:
-        seq = a["seq"]
+        # Fields are strided views into the rows: copy each once into a contiguous array,
+        # then work on that (reductions and masks on strided data cost several times more).
+        seq = np.ascontiguousarray(a["seq"])
         n_ids = int(seq.max()) + 1 if len(seq) else 0
+        worker = a["worker"].astype(np.int16)
+        gauges = {g: a[g].astype(np.int32) for g in GAUGES}
         err_codes = a["error"].astype(np.int32) - 1  # 0 (no error) becomes -1 (NaN)
         df = pd.DataFrame(
             {
@@ -249,18 +253,13 @@ class Timeline:
                 "event": pd.Categorical.from_codes(a["event"].astype(np.int8), EVENTS),
                 "queue": pd.Categorical.from_codes(a["queue"], queue_names),
                 "consumer": pd.Categorical.from_codes(a["consumer"], consumer_names),
-                "worker": pd.arrays.IntegerArray(
-                    a["worker"].astype(np.int16), a["worker"] < 0
-                ),
+                "worker": pd.arrays.IntegerArray(worker, worker < 0),
                 "msg_id": pd.Categorical.from_codes(seq, dtype=_id_dtype(id_format, n_ids)),
                 "attempt": a["attempt"].astype(np.int32),
                 "error": pd.Categorical.from_codes(
                     err_codes, [e for e in errors[1:]] if len(errors) > 1 else []
                 ),
-                **{
-                    g: pd.arrays.IntegerArray(a[g].astype(np.int32), a[g] < 0)
-                    for g in GAUGES
-                },
+                **{g: pd.arrays.IntegerArray(v, v < 0) for g, v in gauges.items()},
             },
             copy=False,
         )

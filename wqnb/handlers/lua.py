@@ -15,6 +15,7 @@ and 5.5 rejects 5.1-style code that assigns to a loop variable; speed is within 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Coroutine
 from typing import Any
@@ -184,8 +185,9 @@ class LuaHandler:
         self._threshold = self.host.log_threshold if "logger" in spec.modules else None
         if "queue" not in spec.modules:
             # Without the queue module the handler cannot reach its delivery: the consumer
-            # may call body_fn(body) and make no Delivery (see handlers/base.py).
-            self.body_fn = self._begin_body
+            # may call body_fn(body) and make no Delivery (see handlers/base.py). It is
+            # _run(0, body) (token 0: no delivery to look up), bound in C.
+            self.body_fn = functools.partial(self._run, 0)
 
     def __repr__(self) -> str:
         return f"<LuaHandler {self.spec.id} ({engine.LUA_VERSION if hasattr(engine, 'LUA_VERSION') else 'Lua'})>"
@@ -211,11 +213,6 @@ class LuaHandler:
         if pending is None:
             del self._live[token]
         return pending
-
-    def _begin_body(self, body: str | bytes) -> Coroutine[Any, Any, None] | None:
-        """:meth:`begin` for a handler without the ``queue`` module: it has no way to
-        reach its message (``queue.message()``), so the consumer passes the body alone."""
-        return self._run(0, body)
 
     def _run(self, token: int, body: str | bytes) -> Coroutine[Any, Any, None] | None:
         idle = self._idle

@@ -117,7 +117,7 @@ class Consumer:
         self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
-        self._on_ready = self._on_push  # one bound method, registered with the queue and withdrawn by stop
+        self._on_ready: Callable[[], None] | None = None  # the push callback (start makes it, stop withdraws it)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +132,7 @@ class Consumer:
         # Push mode (in-process drivers): the queue calls us when a message is ready.
         # Pull mode (brokers): a fetcher task awaits batched takes.
         self._push = self.route.notify is not None
+        self._on_ready = self._push_callback() if self._push else None
         self._fill()
         if not self._push:
             self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
@@ -208,37 +209,41 @@ class Consumer:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _on_push(self) -> None:
-        """The push callback: the queue calls it, once, when messages are ready.
+    def _push_callback(self) -> Callable[[], None]:
+        """The callback the queue calls, once, when messages are ready (push mode).
 
-        ``_fill`` for a queue known not to be empty, with the delivery of the commonest
-        case (one message) written out: in a busy pipeline this runs for every message."""
-        self._watching = False
-        if self._closing:
-            return
-        buffer = self.buffer
-        room = self.prefetch - len(buffer)
-        if room <= 0:
-            return
-        route = self.route
-        got = route.take(room)
-        if len(got) == 1:
-            m = got[0]
-            buffer.append(m)
-            self.unsettled += 1
-            self._w(self._fast(self._now(), self._deliver_head, m.seq, m.attempt, 0, len(route.ready), len(buffer),
-                               self.busy, self.unsettled))
-            idle = self._idle
-            while idle:
-                w = idle.popleft()
-                if not w.done():
-                    w.set_result(None)
-                    break
-        elif got:
-            self._deliver(got)
-        if len(got) < room:
-            self._watching = True
-            route.notify(self._on_ready)  # type: ignore[misc]
+        It is ``_fill`` for a queue known not to be empty, with the delivery of the
+        commonest case (one message) written out, as a closure over what it reads: in a
+        busy pipeline it runs for every message, and local names cost less than ``self.``
+        lookups. ``start`` makes it; workers call it too when they see a backlog."""
+        buffer, route, prefetch, idle = self.buffer, self.route, self.prefetch, self._idle
+        w, fast, now, head, ready, take, notify = (self._w, self._fast, self._now, self._deliver_head, route.ready,
+                                                   route.take, route.notify)
+
+        def on_push() -> None:
+            self._watching = False
+            if self._closing:
+                return
+            room = prefetch - len(buffer)
+            if room <= 0:
+                return
+            got = take(room)
+            if len(got) == 1:
+                m = got[0]
+                buffer.append(m)
+                self.unsettled += 1
+                w(fast(now(), head, m.seq, m.attempt, 0, len(ready), len(buffer), self.busy, self.unsettled))
+                while idle:
+                    f = idle.popleft()
+                    if not f.done():
+                        f.set_result(None)
+                        break
+            elif got:
+                self._deliver(got)
+            if len(got) < room:
+                self._watching = True
+                notify(on_push)  # type: ignore[misc]
+        return on_push
 
     async def _fetch_loop(self) -> None:
         """Pull mode: wait for messages, take a batch of up to the buffer's free room."""

@@ -143,6 +143,33 @@ def test_logger_respects_python_levels_set_between_deliveries(caplog):
     assert [r.fields["n"] for r in _records(caplog)] == ["2"]
 
 
+def test_the_log_threshold_follows_every_kind_of_level_change():
+    # it is cached between deliveries; each change below must still be seen at once
+    host = handler('return function(b) end', modules=("logger",)).host
+    lg = logging.getLogger("wqnb.lua.app.queue:task_handler")
+    parent = logging.getLogger("wqnb.lua")
+    try:
+        seen = [host.log_threshold()]
+        parent.setLevel(logging.ERROR)            # an ancestor's level
+        seen.append(host.log_threshold())
+        lg.setLevel(logging.DEBUG)                # the logger's own
+        seen.append(host.log_threshold())
+        logging.disable(logging.INFO)             # the global switch
+        seen.append(host.log_threshold())
+        logging.disable(logging.NOTSET)
+        lg.disabled = True                        # what logging.config does to old loggers
+        seen.append(host.log_threshold())
+        lg.disabled = False
+        seen.append(host.log_threshold())
+    finally:
+        logging.disable(logging.NOTSET)
+        lg.disabled = False
+        lg.setLevel(logging.NOTSET)
+        parent.setLevel(logging.NOTSET)
+    root = logging.getLogger().getEffectiveLevel()
+    assert seen == [root, logging.ERROR, logging.DEBUG, logging.INFO + 1, 1000, logging.DEBUG]
+
+
 def test_logger_argument_errors():
     assert lua_nack("logger.info({})") == "task_handler.lua:6: bad argument #1 to 'info' (string expected, got table)"
     assert lua_nack('logger:info("x", 5)') == "task_handler.lua:6: bad argument #2 to 'info' (table expected, got number)"

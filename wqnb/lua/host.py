@@ -29,6 +29,9 @@ def _reject_constant(name: str) -> Any:
 # Python's json accepts NaN and Infinity; Go's (Wippy's) does not.
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 
+#: Our key in a logger's ``_cache`` (whose own keys are int levels).
+_THRESHOLD_KEY = "wqnb.lua threshold"
+
 _LAYOUTS = {  # Go layouts wqnb can format (always UTC)
     "2006-01-02T15:04:05Z07:00": "%Y-%m-%dT%H:%M:%SZ",
     "2006-01-02 15:04:05": "%Y-%m-%d %H:%M:%S",
@@ -118,11 +121,21 @@ class Host:
         return self._logger(name).isEnabledFor(level)
 
     def log_threshold(self) -> int:
-        """The lowest level the function's logger emits now (Lua skips lower ones itself)."""
+        """The lowest level the function's logger emits now (Lua skips lower ones itself).
+
+        Asked before every delivery, so it is kept where ``logging`` keeps its own answers
+        to ``isEnabledFor``: the logger's ``_cache``, which ``setLevel`` and
+        ``logging.disable`` clear (on every logger) whenever a level changes."""
         lg = self.logger
-        if lg.disabled:
+        if lg.disabled:  # (not part of logging's cache either)
             return 1000
-        return max(lg.getEffectiveLevel(), lg.manager.disable + 1, 1)
+        cache = getattr(lg, "_cache", None)
+        threshold = cache.get(_THRESHOLD_KEY) if cache is not None else None
+        if threshold is None:
+            threshold = max(lg.getEffectiveLevel(), lg.manager.disable + 1, 1)
+            if cache is not None:
+                cache[_THRESHOLD_KEY] = threshold
+        return threshold
 
     # -- queue ----------------------------------------------------------------------------
     def queue_info(self, queue_id: str) -> Any:

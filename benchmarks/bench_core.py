@@ -9,7 +9,9 @@
    publish / deliver / start / ack with their gauges (goal ≥ 1.0×); and, for reference,
    vs SimPy appending three bare ``(t, id, kind)`` tuples a message;
 3. 1,000,000 events → DataFrame (goal ≤ 0.5 s) and recorder memory per event (≤ 100 B);
-4. per-message cost from 1e3 to 1e6 messages (goal: flat within ±20 %).
+4. per-message cost from 1e3 to 1e6 messages (goal: flat within ±20 %);
+5. (no goal) what one sleep costs on wqnb's virtual loop, beside one SimPy timeout: the
+   step a simulation takes most often.
 """
 
 from __future__ import annotations
@@ -96,6 +98,40 @@ def dataframe_cost(n_events: int = 1_000_000) -> tuple[float, float]:
     return elapsed, per_event
 
 
+def sleep_cost(n: int = 200_000, tasks: int = 4) -> tuple[float, float]:
+    """Nanoseconds per sleep: ``tasks`` tasks sleeping random times on wqnb's virtual loop,
+    and the same with SimPy processes yielding timeouts."""
+    import random
+
+    import simpy
+
+    delays = [[random.Random(k).random() for _ in range(n // tasks)] for k in range(tasks)]
+
+    async def loop_run() -> float:
+        sleep_for = asyncio.get_running_loop().sleep_future  # type: ignore[attr-defined]
+
+        async def sleeper(ds: list[float]) -> None:
+            for d in ds:
+                await sleep_for(d)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sleeper(ds) for ds in delays))
+        return time.perf_counter() - t0
+
+    env = simpy.Environment()
+
+    def process(ds: list[float]):
+        for d in ds:
+            yield env.timeout(d)
+
+    for ds in delays:
+        env.process(process(ds))
+    t0 = time.perf_counter()
+    env.run()
+    simpy_s = time.perf_counter() - t0
+    return wqnb.run_virtual(loop_run()) / n * 1e9, simpy_s / n * 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
@@ -132,6 +168,10 @@ def main() -> None:
     ref = costs[len(costs) // 2]
     spread = max(abs(c / ref - 1) for c in costs)
     print(f"   spread vs median size: ±{spread * 100:.0f}% (goal within ±20%)")
+
+    costs = [sleep_cost(50_000 if args.quick else 200_000) for _ in range(3)]
+    loop_ns, simpy_ns = min(c[0] for c in costs), min(c[1] for c in costs)
+    print(f"5. one sleep on wqnb's virtual loop {loop_ns:.0f} ns; one SimPy timeout {simpy_ns:.0f} ns (no goal)")
 
 
 if __name__ == "__main__":

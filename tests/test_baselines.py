@@ -95,3 +95,17 @@ def test_interleaved_alternates_order_and_takes_the_median_ratio():
 def test_interleaved_rejects_a_non_positive_rate():
     with pytest.raises(ValueError, match="positive rate"):
         bl.interleaved(1, lambda: 1.0, lambda: 0.0, warmup=0)
+
+
+def test_bench_core_measures_what_it_prints_on_small_runs(monkeypatch):
+    # bench_core imports `_baselines` by its bare name, from its own folder
+    monkeypatch.syspath_prepend(str(_path.parent))
+    spec = importlib.util.spec_from_file_location("wqnb_bench_core", _path.parent / "bench_core.py")
+    bc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bc)
+    assert bc.wqnb_pipeline(300) > 0  # asserts itself that 4 rows a message were recorded
+    assert bc.wqnb_mmc(300, 2, 20.0, 0.05) > 0  # asserts itself that every message was acked
+    secs, per_event = bc.dataframe_cost(2_000)
+    assert secs > 0 and per_event == 47
+    loop_ns, simpy_ns = bc.sleep_cost(400, tasks=4)
+    assert loop_ns > 0 and simpy_ns > 0

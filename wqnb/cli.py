@@ -5,7 +5,9 @@
     wqnb demo -o demo.png
 
 Bad input ends with one line on stderr naming what is wrong (file, entry, field, Lua
-line) and exit status 2; a handler failure is a nack in the timeline, not a crash.
+line, option) and exit status 2, before anything runs where it can be known before; a
+handler failure is a nack in the timeline, not a crash. Anything else that goes wrong is
+one line too, with exit status 1 (``WQNB_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,11 @@ def _duration_or_dist(text: str) -> Any:
             return Uniform(parse_duration(lo, what="low"), parse_duration(hi, what="high"))
         if kind == "lognormal":
             mean, _, sigma = rest.partition(":")
-            return LogNormal(parse_duration(mean, what="mean"), float(sigma or 1.0))
+            try:
+                shape = float(sigma or 1.0)
+            except ValueError:
+                raise ValueError(f"lognormal sigma: expected a number, got {sigma!r}") from None
+            return LogNormal(parse_duration(mean, what="mean"), shape)
         return parse_duration(text, what="service time")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
@@ -57,8 +64,15 @@ def _body(text: str) -> Any:
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (not the usage block, then the error)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wqnb", description="Wippy's queue system in Python: run, simulate, see.")
+    p = _Parser(prog="wqnb", description="Wippy's queue system in Python: run, simulate, see.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a YAML app, publish messages, wait for them, print a summary")
@@ -95,6 +109,34 @@ def _outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="write the overview figure (.png, .svg, .pdf)")
 
 
+_TIMELINE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail on a bad ``-o`` / ``--plot`` before the run, not after it."""
+    if args.command == "demo":  # its -o is the figure
+        out, fig = None, args.output
+    else:
+        out, fig = args.output, args.plot
+    if out is not None and out.suffix not in _TIMELINE_SUFFIXES:
+        raise ValueError(f"-o {out}: unknown timeline format {out.suffix or '(no suffix)'!r} (use .csv or .parquet)")
+    if out is not None and out.suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError(f"-o {out}: writing Parquet needs pyarrow (pip install 'wqnb[parquet]')") from None
+    if fig is not None:
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        if fig.suffix.lstrip(".").lower() not in formats:
+            raise ValueError(f"--plot {fig}: unknown figure format {fig.suffix or '(no suffix)'!r} "
+                             f"(use one of {', '.join('.' + f for f in sorted(formats))})")
+    for flag, path in (("-o", out), ("--plot", fig)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise ValueError(f"{flag} {path}: no such folder: {path.resolve().parent}")
+
+
 def _report(tl: Any, args: argparse.Namespace) -> None:
     s = tl.summary()
     width = max(len(k) for k in s.index)
@@ -118,7 +160,10 @@ def _figure(tl: Any, path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-async def _run_app(args: argparse.Namespace) -> Any:
+async def _run_app(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """Run the app; return its timeline, and what went wrong at the end if anything did
+    (the timeline is still worth printing then: it shows where the messages are)."""
+    from .errors import StopTimeout
     from .handlers.base import FunctionSpec
     from .handlers.python import import_callable
     from .runtime import Runtime
@@ -129,7 +174,10 @@ async def _run_app(args: argparse.Namespace) -> Any:
         if not sep:
             raise ValueError(f"--handler {item!r}: expected FUNC=MODULE:ATTR")
         rt.register_function(fid, import_callable(FunctionSpec(id=fid, kind="function.python", source=target)))
+    for queue_id, _ in args.publish:
+        rt._route(queue_id)  # an unknown queue fails here, before anything starts
     await rt.start()
+    problems = []
     try:
         for queue_id, text in args.publish:
             body = _body(text)
@@ -138,10 +186,13 @@ async def _run_app(args: argparse.Namespace) -> Any:
         try:
             await rt.drain(timeout=None if args.virtual else args.timeout)
         except TimeoutError:
-            print(f"wqnb: queues not drained after {args.timeout:g}s; stopping (messages stay queued)", file=sys.stderr)
+            problems.append(f"queues not drained after {args.timeout:g}s (--timeout): stopped with messages still queued")
     finally:
-        await rt.stop()
-    return rt.timeline
+        try:
+            await rt.stop()
+        except StopTimeout as e:
+            problems.append(str(e))
+    return rt.timeline, problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,14 +200,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
+        _check_outputs(args)
         if args.command == "run":
             if args.virtual:
                 from .clock import run_virtual
 
-                tl = run_virtual(_run_app(args))
+                tl, problems = run_virtual(_run_app(args))
             else:
-                tl = asyncio.run(_run_app(args))
+                tl, problems = asyncio.run(_run_app(args))
             _report(tl, args)
+            for problem in problems:
+                print(f"wqnb: {problem}", file=sys.stderr)
+            if problems:
+                return 1
         elif args.command == "simulate":
             from .sim import simulate
 
@@ -174,8 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     except (WqnbError, ValueError, TypeError, OSError) as e:
         print(f"wqnb: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        print(f"wqnb: {e} (is wqnb installed with the extra this needs? see the README)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, not a traceback
+        if os.environ.get("WQNB_DEBUG"):
+            raise
+        print(f"wqnb: internal error: {type(e).__name__}: {e} (WQNB_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -47,9 +47,21 @@ class Distribution(Protocol):
     def sample(self, rng: random.Random) -> float: ...
 
 
+def _check_seconds(what: str, value: float, *, positive: bool = False) -> None:
+    """A bad parameter fails when the distribution is made, naming it, not at the first
+    draw deep inside a run (a ZeroDivisionError, a math domain error, negative sleeps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{what} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Constant:
     value: float
+
+    def __post_init__(self) -> None:
+        _check_seconds("Constant value", self.value)
 
     @property
     def mean(self) -> float:
@@ -65,6 +77,9 @@ class Exponential:
 
     mean: float
 
+    def __post_init__(self) -> None:
+        _check_seconds("Exponential mean", self.mean, positive=True)
+
     def sample(self, rng: random.Random) -> float:
         return rng.expovariate(1.0 / self.mean)
 
@@ -73,6 +88,12 @@ class Exponential:
 class Uniform:
     low: float
     high: float
+
+    def __post_init__(self) -> None:
+        _check_seconds("Uniform low", self.low)
+        _check_seconds("Uniform high", self.high)
+        if self.high < self.low:
+            raise ValueError(f"Uniform high must be >= low, got low={self.low!r}, high={self.high!r}")
 
     @property
     def mean(self) -> float:
@@ -88,6 +109,11 @@ class LogNormal:
 
     mean: float
     sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_seconds("LogNormal mean", self.mean, positive=True)
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 0:
+            raise ValueError(f"LogNormal sigma must be a number >= 0, got {self.sigma!r}")
 
     def sample(self, rng: random.Random) -> float:
         import math

@@ -1,0 +1,242 @@
+"""The ``wqnb`` command (issue 2, point 9): run a YAML app and publish N messages,
+simulate a workload, print a summary, write the timeline on request; bad input gives one
+clear line on stderr and a non-zero exit, never a traceback.
+
+Most tests call ``wqnb.cli.main(argv)`` in this process; one runs the installed script.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import wqnb
+from wqnb import cli
+
+APP = """\
+namespace: app.queue
+entries:
+  - {name: memory_driver, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - name: tasks
+    kind: queue.queue
+    driver: app.queue:memory_driver
+    dead_letter: {queue: app.queue:dead, max_attempts: 2}
+  - {name: dead, kind: queue.queue, driver: app.queue:memory_driver}
+  - name: task_consumer
+    kind: queue.consumer
+    queue: app.queue:tasks
+    func: app.queue:task_handler
+    concurrency: %(concurrency)s
+    prefetch: 20
+    lifecycle: {auto_start: true}
+"""
+LUA_HANDLER = """\
+  - name: task_handler
+    kind: function.lua
+    modules: [json]
+    source: |
+      local json = require("json")
+      return function(body)
+        local data = json.decode(body)
+        if data.id == 3 then return nil, "refused three" end
+        return true
+      end
+"""
+HANDLERS = """\
+seen = []
+
+async def ok(body):
+    seen.append(body)
+"""
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    """An app folder: app.yaml (a Python handler comes from --handler) and clihandlers.py."""
+    (tmp_path / "app.yaml").write_text(APP % {"concurrency": 4})
+    (tmp_path / "clihandlers.py").write_text(HANDLERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("clihandlers", None)
+    return tmp_path
+
+
+def wqnb_cli(*argv: object) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def test_run_publishes_n_messages_prints_a_summary_and_writes_the_timeline(app, capsys):
+    rc = wqnb_cli("run", app / "app.yaml", "--publish", "app.queue:tasks", '{"id": 1}', "-n", 100,
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "-o", app / "tl.csv")
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("timeline:"))
+    assert summary["published"] == "100" and summary["acked"] == "100" and summary["nacked"] == "0"
+    assert int(summary["max_busy"]) <= 4 and int(summary["max_unsettled"]) <= 24
+    assert f"timeline: {app / 'tl.csv'}" in out
+    df = pd.read_csv(app / "tl.csv")
+    assert df["event"].value_counts()[["publish", "deliver", "start", "ack"]].tolist() == [100] * 4
+    import clihandlers
+
+    assert clihandlers.seen == ['{"id":1}'] * 100  # JSON text, encoded once on publish
+
+
+def test_run_a_lua_app_on_virtual_time_to_parquet(app, capsys):
+    pytest.importorskip("lupa")
+    pytest.importorskip("pyarrow")
+    (app / "app.yaml").write_text(APP % {"concurrency": 2} + LUA_HANDLER)
+    rc = wqnb_cli("run", app, "--virtual", "--publish", "app.queue:tasks", '{"id": 1}',
+                  "--publish", "app.queue:tasks", '{"id": 3}', "-n", 2, "-o", app / "tl.parquet")
+    assert rc == 0, capsys.readouterr().err
+    df = pd.read_parquet(app / "tl.parquet")
+    nacks = df[df["event"] == "nack"]
+    assert len(nacks) == 4 and set(nacks["error"]) == {"refused three"}  # a handler failure is a nack
+    assert (df["event"] == "dead_letter").sum() == 2 and (df["event"] == "ack").sum() == 2
+
+
+def test_simulate_writes_the_timeline_and_the_figure(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    out, fig = tmp_path / "sim.parquet", tmp_path / "sim.png"
+    rc = wqnb_cli("simulate", "--concurrency", 4, "--prefetch", 10, "--messages", 300, "--arrival-rate", 100,
+                  "--service-time", "exp:0.05", "--seed", 3, "-o", out, "--plot", fig)
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "published             300" in text and f"figure: {fig}" in text
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = pd.read_parquet(out)
+    assert (df["event"] == "ack").sum() == 300
+    assert df["busy"].max() == 4 and df["unsettled"].max() <= 14
+    # the same as the Python API with the same arguments
+    tl = wqnb.simulate(concurrency=4, prefetch=10, messages=300, arrival_rate=100.0,
+                       service_time=wqnb.Exponential(0.05), seed=3)
+    cols = ["t", "event", "worker", "depth", "buffered", "busy", "unsettled"]
+    pd.testing.assert_frame_equal(df[cols].astype(str), tl.df[cols].astype(str))
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("50ms", wqnb.Constant(0.05)),
+    ("exp:0.05", wqnb.Exponential(0.05)),
+    ("uniform:10ms:90ms", wqnb.Uniform(0.01, 0.09)),
+    ("lognormal:0.05:1.5", wqnb.LogNormal(0.05, 1.5)),
+])
+def test_service_time_forms(spec, expected):
+    got = cli._duration_or_dist(spec)
+    assert (wqnb.Constant(got) if isinstance(got, float) else got) == expected
+
+
+def test_demo_writes_a_png(tmp_path, capsys):
+    rc = wqnb_cli("demo", "-o", tmp_path / "demo.png")
+    assert rc == 0
+    assert "publisher waits" in capsys.readouterr().out
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+BAD = [
+    (["simulate", "--messages", "1.5"], "argument --messages: expected a whole number, got '1.5'"),
+    (["simulate", "--concurrency", "-1"], "argument --concurrency: must not be negative, got -1"),
+    (["simulate", "--service-time", "exp:0"], "Exponential mean must be > 0 seconds"),
+    (["simulate", "--service-time", "uniform:0.2:0.1"], "Uniform high must be >= low"),
+    (["simulate", "--service-time", "lognormal:0.05:abc"], "lognormal sigma: expected a number, got 'abc'"),
+    (["simulate", "--service-time", "soon"], "invalid duration 'soon'"),
+    (["simulate", "--arrival-rate", "-5"], "arrival_rate must be > 0"),
+    (["simulate", "--failure-rate", "1"], "without max_attempts would requeue every message forever"),
+    (["simulate", "-o", "timeline.txt"], "-o timeline.txt: unknown timeline format '.txt'"),
+    (["simulate", "--plot", "figure.xyz"], "--plot figure.xyz: unknown figure format '.xyz'"),
+    (["simulate", "-o", "no/such/folder/tl.csv"], "no such folder"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["run"], "the following arguments are required: app"),
+    (["run", "missing.yaml"], "no such file or folder: missing.yaml"),
+    (["run", "app.yaml", "--publish", "app.queue:nope", "x", "--handler", "app.queue:task_handler=clihandlers:ok"],
+     "queue not found: app.queue:nope (declared queues: app.queue:tasks, app.queue:dead)"),
+    (["run", "app.yaml", "--handler", "nope"], "--handler 'nope': expected FUNC=MODULE:ATTR"),
+    (["run", "app.yaml", "--handler", "app.queue:task_handler=nomod:fn"], "cannot import module 'nomod'"),
+    (["run", "app.yaml", "--publish", "app.queue:tasks", "x"], "function not found: app.queue:task_handler"),
+    (["run", "big.yaml"], "concurrency 1001 exceeds maximum 1000"),
+]
+
+
+@pytest.mark.parametrize("argv,text", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_status_2_before_anything_runs(app, capsys, argv, text):
+    (app / "big.yaml").write_text(APP % {"concurrency": 1001})
+    try:
+        rc = wqnb_cli(*argv)
+    except SystemExit as e:  # argparse's own errors exit (with our one-line message)
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2
+    line = one_line(captured.err)
+    assert line.startswith("wqnb") and text in line, line
+    assert captured.out == ""  # nothing ran, no summary
+    if argv[:2] == ["run", "big.yaml"]:
+        assert "big.yaml" in line and "app.queue:task_consumer" in line  # names the file and the entry
+
+
+def test_an_unexpected_error_is_one_line_with_status_1(monkeypatch, capsys):
+    def broken(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("wqnb.sim.simulate", broken)
+    monkeypatch.delenv("WQNB_DEBUG", raising=False)
+    assert wqnb_cli("simulate") == 1
+    line = one_line(capsys.readouterr().err)
+    assert line == "wqnb: internal error: RuntimeError: boom (WQNB_DEBUG=1 shows the traceback)"
+    monkeypatch.setenv("WQNB_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        wqnb_cli("simulate")
+
+
+def test_the_installed_command(tmp_path):
+    script = Path(sys.executable).with_name("wqnb")
+    if not script.exists():
+        pytest.skip("the wqnb script is not installed next to this Python")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ok = subprocess.run([script, "simulate", "--messages", "40", "-o", tmp_path / "tl.csv"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "published             40" in ok.stdout and (tmp_path / "tl.csv").exists()
+    bad = subprocess.run([script, "run", tmp_path / "nowhere.yaml"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert one_line(bad.stderr).startswith("wqnb: no such file or folder:")
+
+
+def test_a_run_that_cannot_drain_stops_prints_where_the_messages_are_and_exits_1(app, capsys):
+    # (real time: --timeout 0.2 s, then stop_timeout 0.1 s)
+    (app / "app.yaml").write_text((APP % {"concurrency": 2}).replace(
+        "lifecycle: {auto_start: true}\n", "lifecycle: {auto_start: true, stop_timeout: 100ms}\n"))
+    (app / "clihandlers.py").write_text("import asyncio\n\nasync def ok(body):\n    await asyncio.Event().wait()\n")
+    rc = wqnb_cli("run", app / "app.yaml", "--publish", "app.queue:tasks", "x", "-n", 3,
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "--timeout", 0.2, "-o", app / "tl.csv")
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err.splitlines() == [
+        "wqnb: queues not drained after 0.2s (--timeout): stopped with messages still queued",
+        "wqnb: consumer stop timed out: app.queue:task_consumer (stop_timeout 0.1s); the interrupted messages "
+        "were requeued at the head of their queues",
+    ]
+    summary = dict(line.split(None, 1) for line in captured.out.splitlines() if not line.startswith("timeline:"))
+    assert summary["published"] == "3" and summary["acked"] == "0"
+    last = pd.read_csv(app / "tl.csv").groupby("msg_id")["event"].last()
+    assert sorted(last) == ["requeue"] * 3  # two interrupted, one handed back from the buffer: none lost
+
+
+def test_a_drain_timeout_with_a_clean_stop_still_exits_1(app, capsys):
+    (app / "clihandlers.py").write_text("import asyncio\n\nasync def ok(body):\n    await asyncio.sleep(0.3)\n")
+    rc = wqnb_cli("run", app / "app.yaml", "--publish", "app.queue:tasks", "x", "-n", 8,
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "--timeout", 0.1)
+    captured = capsys.readouterr()
+    assert rc == 1  # the four running handlers finish within the default stop_timeout
+    assert one_line(captured.err) == "wqnb: queues not drained after 0.1s (--timeout): stopped with messages still queued"
+    assert "published             8" in captured.out

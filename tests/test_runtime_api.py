@@ -266,3 +266,54 @@ def test_repr_mentions_state():
     rt = runtime(lambda b: None)
     assert repr(rt).startswith("<Runtime created:")
     assert C in rt.registry.entries
+
+
+def test_start_follows_depends_on_and_stop_goes_in_reverse(monkeypatch):
+    from wqnb.consumer import Consumer
+    from wqnb.drivers.memory import MemoryDriver
+
+    log: list[str] = []
+
+    def spy(cls, name):
+        original = getattr(cls, name)
+
+        async def wrapper(self, *a, **kw):
+            log.append(f"{name} {self.id}")
+            return await original(self, *a, **kw)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for cls in (Consumer, MemoryDriver):
+        spy(cls, "start")
+        spy(cls, "stop")
+    text = """\
+namespace: t
+entries:
+  - {name: late, kind: queue.consumer, queue: t:tasks, func: t:h, lifecycle: {auto_start: true, depends_on: [t:early]}}
+  - {name: early, kind: queue.consumer, queue: t:tasks, func: t:h, lifecycle: {auto_start: true, depends_on: [t:mem2]}}
+  - {name: tasks, kind: queue.queue, driver: t:mem}
+  - {name: mem2, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: idle, kind: queue.consumer, queue: t:tasks, func: t:h}
+"""
+
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string(text)
+        rt.register_function("t:h", lambda body: None)
+        await rt.start()
+        started = list(log)
+        log.clear()
+        await rt.stop()
+        return started, list(log)
+
+    started, stopped = virtual(main)
+    # the drivers first (a queue's driver before its consumers), then early before late;
+    # `idle` has no auto_start
+    assert started.index("start t:mem") < started.index("start t:early") < started.index("start t:late")
+    assert started.index("start t:mem2") < started.index("start t:early")
+    assert "start t:idle" not in started and len(started) == 4
+    # consumers stop first, beginning in reverse start order, then drivers in reverse order
+    assert stopped[:2] == ["stop t:late", "stop t:early"]
+    drivers = [s for s in stopped if s.startswith("stop t:mem")]
+    assert stopped[2:] == drivers
+    assert drivers == [f"stop {d}" for d in reversed([s[6:] for s in started if s.startswith("start t:mem")])]

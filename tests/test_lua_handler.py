@@ -162,9 +162,26 @@ def test_runtime_error_is_the_engines_error_class_caught_and_reraised_as_handler
     assert LuaError is engine.LuaError and engine.__name__ == "lupa.lua54"
 
 
-def test_error_tables_are_rendered_readably():
+def test_error_tables_are_rendered_readably_with_the_line_that_raised_them():
     text = lua_nack('error({code = "E42", message = "boom", retry = false, ids = {1, 2}})')
-    assert text == '{code = "E42", ids = {1, 2}, message = "boom", retry = false}'
+    assert text == 'task_handler.lua:6: {code = "E42", ids = {1, 2}, message = "boom", retry = false}'
+
+
+def test_an_error_object_raised_gets_its_message_and_line():
+    assert lua_nack('local err = errors.new("out of stock")\nerror(err)') == "task_handler.lua:7: out of stock"
+    # raised inside a function of the handler, rethrown through pcall and coroutine.wrap
+    assert lua_nack("local function f() error({code = 'E1'}) end\n"
+                    "local ok, e = pcall(f)\ncoroutine.wrap(function() error(e) end)()") == \
+        'task_handler.lua:8: {code = "E1"}'
+
+
+def test_an_error_object_raised_at_load_gets_its_line():
+    with pytest.raises(ConfigError, match=r'task_handler\.lua:2: \{code = "E42"\}'):
+        handler("local x = 1\nerror({code = 'E42'})\nreturn function() end")
+
+
+def test_a_string_error_keeps_lua_s_own_position_or_none():
+    assert lua_nack('error("no position", 0)') == "no position"
 
 
 def test_return_nil_with_a_table_renders_it():
@@ -176,8 +193,8 @@ def test_return_nil_with_an_error_object_gives_its_message():
 
 
 def test_error_with_a_non_string_value():
-    assert lua_nack("error(42)") == "42"
-    assert lua_nack("error()") == "nil"
+    assert lua_nack("error(42)") == "task_handler.lua:6: 42"
+    assert lua_nack("error()") == "task_handler.lua:6: nil"
 
 
 @pytest.mark.parametrize("ret", ["return false", "return nil", "return", "return {1, 2}", "return true, nil"])
@@ -186,7 +203,7 @@ def test_any_plain_return_acks(ret):
 
 
 def test_a_recursive_error_table_is_rendered_without_looping():
-    assert lua_nack("local t = {name = 'loop'}\nt.self = t\nerror(t)") == '{name = "loop", self = {...}}'
+    assert lua_nack("local t = {name = 'loop'}\nt.self = t\nerror(t)") == 'task_handler.lua:8: {name = "loop", self = {...}}'
 
 
 def test_invalid_utf8_in_an_error_text_becomes_question_marks():

@@ -108,6 +108,14 @@ logger:error("e", {err = errors.new("boom"), nested = {1, 2}, t = {k = true}})
     assert recs[1].fields["location"] == "task_handler.lua:8"
 
 
+def test_logger_keeps_a_record_with_invalid_utf8_deep_in_its_fields(caplog):
+    with caplog.at_level(logging.INFO, logger="wqnb.lua"):
+        lua_check(r'logger.info("bad \255", {data = {name = "\255x", ["k\255"] = {1, "\254"}}, n = 1})')
+    [rec] = _records(caplog)
+    assert rec.getMessage() == "bad ?" and rec.fields["n"] == 1
+    assert rec.fields["data"] == {"name": "?x", "k?": [1, "?"]}
+
+
 def test_logger_with_and_named(caplog):
     with caplog.at_level(logging.INFO, logger="wqnb.lua"):
         lua_check("""
@@ -297,6 +305,53 @@ def test_sleep_duration_forms(arg, seconds):
 @pytest.mark.parametrize("arg", ['"soon"', '"1.5"', "{}"])
 def test_sleep_rejects_bad_durations(arg):
     assert "bad argument #1 to 'sleep'" in lua_nack(f"time.sleep({arg})")
+
+
+@pytest.mark.parametrize(("arg", "what"), [("0/0", "nan"), ("math.huge", "inf"), ("-math.huge", "-inf"),
+                                           ('"' + "9" * 400 + 'h"', "inf")])
+def test_sleep_refuses_non_finite_durations(arg, what):
+    svc = FakeServices()
+    text = lua_nack(f"time.sleep({arg})", services=svc)
+    assert text == f"task_handler.lua:6: bad argument #1 to 'sleep' (duration must be finite, got {what})"
+    assert svc.slept == []
+    lua_check(f"""
+local d, err = time.parse_duration({arg})
+assert(d == nil and err:kind() == errors.INVALID and tostring(err) == "duration must be finite, got {what}", tostring(err))
+assert(not pcall(time.now().add, time.now(), {arg}))
+""")
+
+
+def test_a_time_out_of_the_calendars_range_fails_clearly():
+    lua_check("""
+local far = time.now():add(1e30)
+local ok, err = pcall(far.format, far, time.DATE_ONLY)
+assert(not ok and err:find("bad argument #1 to 'format' (time out of range (", 1, true), err)
+assert(not err:find("UTF-8"), err)
+ok, err = pcall(far.format_rfc3339, far)
+assert(not ok and err:find("time out of range", 1, true), err)
+assert(tostring(far):find("time.Time{unix_nano=1.0", 1, true) == 1, tostring(far))
+""")
+
+
+def test_a_time_format_error_names_the_handlers_line():
+    assert lua_nack("local x = 1\nlocal s = time.now():add(1e30):format(time.DATE_ONLY)").startswith(
+        "task_handler.lua:7: bad argument #1 to 'format' (time out of range (")
+    assert lua_nack("local x = 1\nlocal s = time.unix(0 / 0):format_rfc3339()").startswith(
+        "task_handler.lua:7: bad argument #1 to 'format_rfc3339' (time out of range (")
+
+
+def test_time_methods_called_on_the_wrong_value_name_the_handlers_line():
+    assert lua_nack('local x = 1\nlocal s = time.parse_duration("1s").nanoseconds({})') == \
+        "task_handler.lua:7: bad argument #1 to 'nanoseconds' (Duration expected)"
+    assert lua_nack("local x = 1\nlocal s = time.now().unix_nano({})") == \
+        "task_handler.lua:7: bad argument #1 to 'unix_nano' (Time expected)"
+
+
+def test_a_failed_host_call_is_not_blamed_on_utf8_unless_it_is():
+    lua_check(r"""
+local _, err = time.parse_duration("\255")
+assert(tostring(err):find("^host call failed: 'utf%-8' codec can't decode"), tostring(err))
+""")
 
 
 def test_now_and_durations():

@@ -6,7 +6,10 @@ function that could touch the filesystem or the host shows up as a failure."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_lua_kit import handler, lua_check, lua_nack, run
@@ -14,6 +17,21 @@ from test_lua_kit import handler, lua_check, lua_nack, run
 from wqnb.handlers.lua import DEFAULT_INSTRUCTION_LIMIT, _new_lua
 
 BUDGET = "instruction budget exceeded (1000000 instructions)"
+
+
+def _in_child(call: str, timeout: float = 60.0) -> str:
+    """Evaluate ``call`` (test_lua_kit's names in scope) in a child process and return
+    what it printed: a handler that hangs the process fails the test instead of the run."""
+    code = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from test_lua_kit import handler, run\n"
+            f"try:\n    print({call})\nexcept Exception as e:\n    print(e)\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: nothing stopped {call}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
 
 
 # -- what is (not) there ------------------------------------------------------------------------
@@ -217,6 +235,43 @@ def test_the_budget_cannot_be_swallowed_or_escaped(name, code):
     assert str(outcome).endswith(BUDGET), f"{name}: {outcome}"
 
 
+def test_replacing_a_string_function_cannot_hang_the_budget_hook():
+    """The string library is the handler's too (env.string, ("x"):find): the hook, which
+    runs with hooks off, must not call what the handler put there."""
+    src = "return function() string.find = function() while true do end end; while true do end end"
+    text = _in_child(f"run(handler({src!r}, instruction_limit=1_000_000, time_limit=0))")
+    assert text == "task_handler.lua:1: " + BUDGET
+
+
+def test_an_error_object_raised_at_load_is_rendered_inside_the_budget():
+    """Its __tostring is handler code: a loop there is stopped, not run on the host's thread."""
+    src = "error(setmetatable({}, {__tostring = function() while true do end end}))\nreturn function() end"
+    text = _in_child(f"handler({src!r}, instruction_limit=1_000_000)")
+    assert text.endswith("task_handler.lua:1: " + BUDGET), text
+
+
+def test_replaced_string_functions_do_not_change_the_kernels_or_modules_texts():
+    text = lua_nack("string.match = function() error('hijacked') end\n"
+                    "string.sub, string.gsub = string.match, string.match\n"
+                    "local d = tostring(time.parse_duration('1.5s'))\n"
+                    "error(setmetatable({}, {__tostring = function() return 'custom ' .. d end}))")
+    assert text == "task_handler.lua:9: custom 1.5s"
+
+
+def test_module_tables_do_not_hand_out_their_raw_table_through_pairs():
+    lua_check("""
+for _, m in ipairs({time, json, queue, errors, logger}) do
+  local _, state = pairs(m)
+  assert(state == m, "pairs handed out another table")
+  assert(not pcall(function() state.sleep = nil; state.info = nil end))
+  local n = 0
+  for k, v in pairs(m) do n = n + 1 end
+  assert(n > 0)
+end
+assert(type(time.sleep) == "function" and type(logger.info) == "function")
+""")
+
+
 def test_the_budget_is_per_delivery_and_the_runner_survives():
     h = handler("return function(body) local n = tonumber(body) for i = 1, n do end end", instruction_limit=1_000_000)
     assert run(h, "100000") is None
@@ -245,15 +300,23 @@ def test_a_time_limit_catches_work_that_instructions_do_not_count():
     assert time.perf_counter() - t0 < 5.0
 
 
-def test_time_spent_waiting_does_not_count_against_the_time_limit():
+@pytest.mark.parametrize("where", ["handler", "coroutine"])
+def test_time_spent_waiting_does_not_count_against_the_time_limit(where):
+    """The limit counts process CPU between hook ticks: the CPU the loop (other handlers,
+    Python) burns while this handler waits must not be charged to it, also when the wait
+    is made from inside a coroutine of the handler."""
     from test_lua_kit import FakeServices
 
-    class SlowSleep(FakeServices):
+    class BusySleep(FakeServices):
         async def sleep(self, seconds):
-            time.sleep(0.05)  # the loop's time, not the handler's CPU in Lua  # noqa: ASYNC251 - blocking on purpose: wall time, no Lua CPU
+            t0 = time.process_time()
+            while time.process_time() - t0 < 0.03:  # CPU the process spends while Lua waits
+                pass
 
-    h = handler('local time = require("time")\nreturn function() for i = 1, 10 do time.sleep("1ms") end end',
-                SlowSleep(), time_limit="100ms")
+    body = 'for i = 1, 10 do time.sleep("1ms") for j = 1, 5000 do end end'  # ticks between waits
+    if where == "coroutine":
+        body = f"coroutine.wrap(function() {body} end)()"
+    h = handler(f'local time = require("time")\nreturn function() {body} end', BusySleep(), time_limit="100ms")
     assert run(h) is None
 
 

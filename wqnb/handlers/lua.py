@@ -69,7 +69,7 @@ _UNIT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 def _config_error(spec: FunctionSpec, message: str, field: str) -> ConfigError:
     return ConfigError(
-        message, file=str(spec.yaml_file) if spec.yaml_file else None, entry=spec.id, field=field
+        message, file=spec.file, entry=spec.id, field=field
     )
 
 
@@ -180,6 +180,7 @@ class LuaHandler:
             raise _config_error(spec, message, field)
         self._K = K
         self._step = K.step
+        self._resume = K.resume
         self._new_runner = K.new_runner
         self._drop = K.drop
         self._threshold = self.host.log_threshold if "logger" in spec.modules else None
@@ -279,7 +280,7 @@ class LuaHandler:
             self._drop(slot)
             raise
         try:
-            return self._step(slot, *result)
+            return self._resume(slot, *result)
         except LuaError as e:
             self._drop(slot)
             return (DEAD, str(e))

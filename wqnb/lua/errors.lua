@@ -3,7 +3,7 @@
 -- bare message, as Wippy's do; the kind, context and details sit behind methods.
 local K = ...
 
-local type, tostring, setmetatable, getmetatable, rawequal = type, tostring, setmetatable, getmetatable, rawequal
+local type, tostring, setmetatable = type, tostring, setmetatable
 local error = error
 
 -- Fields live in a private weak table, so `err.message` cannot shadow `err:message()`

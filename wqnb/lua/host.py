@@ -190,15 +190,18 @@ class Host:
 
     @staticmethod
     def format_time(ns: int, layout: str) -> Any:
-        t = _dt.datetime.fromtimestamp(ns // 1_000_000_000, _dt.UTC)
-        if layout == _RFC3339NANO:
-            frac = f"{ns % 1_000_000_000:09d}".rstrip("0")
-            return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
         fmt = _LAYOUTS.get(layout)
-        if fmt is None:
+        if fmt is None and layout != _RFC3339NANO:
             known = "time.RFC3339, time.RFC3339NANO, time.DATE_TIME, time.DATE_ONLY, time.TIME_ONLY"
             return None, f"layout {layout!r} is not supported by wqnb (use {known})"
-        return t.strftime(fmt)
+        try:  # t:add(1e30) makes a time no calendar holds (a float, too)
+            t = _dt.datetime.fromtimestamp(int(ns) // 1_000_000_000, _dt.UTC)
+            if fmt is None:
+                frac = f"{int(ns) % 1_000_000_000:09d}".rstrip("0")
+                return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+            return t.strftime(fmt)
+        except (OverflowError, ValueError, OSError, TypeError) as e:
+            return None, f"time out of range ({e})"
 
     # -- print ----------------------------------------------------------------------------
     @staticmethod

@@ -5,8 +5,8 @@
 -- encode walks the table in Lua, with Wippy's rules for arrays, objects and errors.
 local K = ...
 
-local type, tostring, next, rawget, tonumber, pairs = type, tostring, next, rawget, tonumber, pairs
-local math_type, huge = math.type, math.huge
+local type, tostring, next, rawget, tonumber = type, tostring, next, rawget, tonumber
+local math_type, floor, huge = math.type, math.floor, math.huge
 local format, gsub, byte = string.format, string.gsub, string.byte
 local concat, sort = table.concat, table.sort
 local new_error, is_error, pycall = K.new_error, K.is_error, K.pycall
@@ -45,11 +45,12 @@ end
 local function number_text(v)
   if math_type(v) == "integer" then return format("%d", v) end
   if v ~= v or v == huge or v == -huge then return "null" end
-  if v == math.floor(v) and v > -1e15 and v < 1e15 then return format("%d", v) end
-  for _, p in ipairs({"%.15g", "%.16g", "%.17g"}) do
-    local t = format(p, v)
-    if tonumber(t) == v then return t end
-  end
+  if v == floor(v) and v > -1e15 and v < 1e15 then return format("%d", v) end
+  -- the shortest of these that reads back as v
+  local t = format("%.15g", v)
+  if tonumber(t) == v then return t end
+  t = format("%.16g", v)
+  if tonumber(t) == v then return t end
   return format("%.17g", v)
 end
 
@@ -71,7 +72,7 @@ local function encode_table(t, out, n, depth, visiting)
     elseif type(k) == "string" then
       has_other = true
     elseif type(k) == "number" then
-      max_int = math.huge  -- a float key: not an array index
+      max_int = huge  -- a float key: not an array index
     else
       fail("cannot encode table key of type " .. type(k))
     end

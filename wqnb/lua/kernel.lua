@@ -19,16 +19,18 @@ local sethook, getinfo = debug.sethook, debug.getinfo
 local raw_load, raw_pcall, raw_xpcall, raw_error = load, pcall, xpcall, error
 local pack, unpack, sort, concat = table.pack, table.unpack, table.sort, table.concat
 local type, tostring, pairs, next, select = type, tostring, pairs, next, select
-local getmetatable, setmetatable, rawget, rawequal = getmetatable, setmetatable, rawget, rawequal
-local format, rep = string.format, string.rep
-local math_type = math.type
+local getmetatable, setmetatable, rawget = getmetatable, setmetatable, rawget
+-- The string library is shared with handler code (env.string, and every ("x"):method):
+-- kernel code calls its own copies as functions, never s:method(), so a handler that
+-- replaces string.find cannot run inside the budget hook, where hooks are off.
+local format, find, match, sub, gsub = string.format, string.find, string.match, string.sub, string.gsub
+local utf8_len = utf8.len
 
 -- Result codes of step(); ops are >= OP_SLEEP (kept in sync with wqnb/handlers/lua.py).
 local OK, FAIL, ERR, DEAD = 0, 1, 2, 3
 local OP_SLEEP, OP_PUBLISH, OP_ACK, OP_NACK = 4, 5, 6, 7
 
-local K = {OK = OK, FAIL = FAIL, ERR = ERR, DEAD = DEAD,
-           OP_SLEEP = OP_SLEEP, OP_PUBLISH = OP_PUBLISH, OP_ACK = OP_ACK, OP_NACK = OP_NACK}
+local K = {OP_SLEEP = OP_SLEEP, OP_PUBLISH = OP_PUBLISH, OP_ACK = OP_ACK, OP_NACK = OP_NACK}
 K.host = host
 
 -- ---------------------------------------------------------------------------------------
@@ -37,11 +39,19 @@ K.host = host
 -- them, so their instructions count against that delivery's budget.
 local ctx = setmetatable({}, {__mode = "k"})   -- thread -> state
 local is_runner = setmetatable({}, {__mode = "k"})
-K.ctx = ctx
 
 function K.current()
   return ctx[co_running()]
 end
+
+-- ---------------------------------------------------------------------------------------
+-- Text bound for Python must be UTF-8 (lupa decodes Lua strings to str): other bytes
+-- become "?" rather than an exception in the middle of a delivery.
+local function to_utf8(s)
+  if utf8_len(s) then return s end
+  return (gsub(s, "[\128-\255]", "?"))
+end
+K.utf8 = to_utf8
 
 -- ---------------------------------------------------------------------------------------
 -- The instruction budget: a count hook every TICK instructions on every thread handler
@@ -50,15 +60,16 @@ end
 --
 -- Instructions do not measure everything: C functions (an error storm from deep pcall
 -- recursion, a big table.sort) cost time but few instructions. So the hook also adds up
--- the CPU time between ticks (st.mark is cleared at every resume, so time spent while the
--- handler waits is not counted) and stops the delivery after time_limit seconds.
+-- the CPU time between ticks (st.mark is cleared when a delivery starts or resumes, so
+-- time spent while the handler waits is not counted) and stops the delivery after
+-- time_limit seconds.
 local function handler_line()
   -- the innermost frame of handler code (not this kernel, not a module, not C)
   for level = 3, 60 do
     local info = getinfo(level, "Sl")
     if info == nil then break end
-    if info.currentline and info.currentline > 0 and not info.source:find("^@wqnb/lua/") then
-      return info.short_src .. ":" .. info.currentline .. ": "
+    if info.currentline and info.currentline > 0 and not find(info.source, "^@wqnb/lua/") then
+      return to_utf8(info.short_src .. ":" .. info.currentline .. ": ")  -- load(src, name)
     end
   end
   return ""
@@ -97,7 +108,10 @@ local function charge(st, ticks)
   end
 end
 
-local function hook()
+-- One tick: the count hook, and also every error a sandbox pcall / xpcall / resume
+-- catches, so an error storm (pcall recursing at the C-stack limit, where even the hook
+-- cannot be called) still runs out of budget. A kill is re-raised, so nothing swallows it.
+local function tick()
   local st = ctx[co_running()]
   if st == nil or not st.active then return end
   if st.killed then raw_error(st.kill_msg, 0) end
@@ -105,17 +119,7 @@ local function hook()
 end
 
 local function arm(co)
-  if budget_ticks > 0 or time_limit > 0 then sethook(co, hook, "", TICK) end
-end
-
--- Every error a sandbox pcall / xpcall / resume catches is charged one tick and its CPU
--- time: an error storm (pcall recursing at the C-stack limit, where even the hook cannot
--- be called) still runs out of budget. A kill is re-raised, so nothing swallows it.
-local function rethrow_kill()
-  local st = ctx[co_running()]
-  if st == nil or not st.active then return end
-  if st.killed then raw_error(st.kill_msg, 0) end
-  charge(st, 1)
+  if budget_ticks > 0 or time_limit > 0 then sethook(co, tick, "", TICK) end
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -141,19 +145,10 @@ function K.op(code, ...)
 end
 
 -- ---------------------------------------------------------------------------------------
--- Text bound for Python must be UTF-8 (lupa decodes Lua strings to str): other bytes
--- become "?" rather than an exception in the middle of a delivery.
-local utf8_len, gsub = utf8.len, string.gsub
-function K.utf8(s)
-  if utf8_len(s) then return s end
-  return (gsub(s, "[\128-\255]", "?"))
-end
-
--- ---------------------------------------------------------------------------------------
 -- Rendering values for error texts and logs: readable, bounded, deterministic.
 local render
 local function render_key(k)
-  if type(k) == "string" and k:match("^[%a_][%w_]*$") then return k end
+  if type(k) == "string" and match(k, "^[%a_][%w_]*$") then return k end
   return "[" .. render(k, 0, {}) .. "]"
 end
 
@@ -164,7 +159,7 @@ render = function(v, depth, seen)
   if getmetatable(v) ~= nil then
     -- an object (an error, a Time): its own __tostring, unless that is the default one
     local s = tostring(v)
-    if not s:match(": 0x%x+$") then return s end
+    if not match(s, ": 0x%x+$") then return s end
   end
   if seen[v] then return "{...}" end
   if depth > 3 then return "{...}" end
@@ -192,7 +187,7 @@ render = function(v, depth, seen)
   end
   seen[v] = nil
   local s = "{" .. concat(parts, ", ") .. "}"
-  if #s > 2000 then s = s:sub(1, 1997) .. "..." end
+  if #s > 2000 then s = sub(s, 1, 1997) .. "..." end
   return s
 end
 
@@ -201,27 +196,31 @@ end
 function K.render(v)
   local ok, s = raw_pcall(render, v, 0, {})
   if not ok then s = "(unprintable " .. type(v) .. " error value: " .. tostring(s) .. ")" end
-  return K.utf8(s)
+  return to_utf8(s)
 end
 
 -- ---------------------------------------------------------------------------------------
 -- Read-only tables for modules (Wippy's module tables are immutable).
+-- pairs() walks t through a closure: returning (next, t) would hand out the table itself.
+-- (rawset on the wrapper cannot be refused: it only shadows a field for that runtime.)
 function K.readonly(t, name)
+  local function iter(_, k) return next(t, k) end
   return setmetatable({}, {
     __index = t,
     __newindex = function() raw_error("attempt to modify read-only table '" .. name .. "'", 2) end,
-    __pairs = function() return next, t, nil end,
+    __pairs = function(self) return iter, self, nil end,
     __metatable = false,
   })
 end
 
 --- Call a Python callable safely: a Lua string that is not UTF-8 cannot become a Python
---- str, and lupa then raises inside the call; the host never sees it and we get the
---- exception as userdata. Return nil + a message instead of letting it reach handler code.
+--- str (lupa raises inside the call, before the host sees it), and a host bug may raise;
+--- either way we get the exception as userdata. Return nil + a message instead of
+--- letting it reach handler code.
 function K.pycall(f, ...)
   local r = pack(raw_pcall(f, ...))
   if r[1] then return unpack(r, 2, r.n) end
-  return nil, "text passed to the host is not valid UTF-8 (" .. tostring(r[2]) .. ")"
+  return nil, "host call failed: " .. to_utf8(tostring(r[2]))
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -245,7 +244,7 @@ local function enter()
   if st == nil then return nil end
   local nest = (st.nest or 0) + 1
   if nest > MAX_NEST then
-    rethrow_kill()
+    tick()
     return false
   end
   st.nest = nest
@@ -273,7 +272,7 @@ local sandbox_coroutine = {
     if st == false then return false, TOO_DEEP end
     local r = resume_fwd(co, ...)
     leave(st)
-    if not r[1] then rethrow_kill() end
+    if not r[1] then tick() end
     return unpack(r, 1, r.n)
   end,
   yield = function(...)
@@ -303,7 +302,7 @@ sandbox_coroutine.wrap = function(f)
     local r = resume_fwd(co, ...)
     leave(st)
     if r[1] then return unpack(r, 2, r.n) end
-    rethrow_kill()
+    tick()
     local e = r[2]
     if type(e) == "string" then raw_error(e, 2) end
     raw_error(e, 0)
@@ -316,7 +315,7 @@ env.pcall = function(f, ...)
   if st == false then return false, TOO_DEEP end
   local r = pack(raw_pcall(f, ...))
   leave(st)
-  if not r[1] then rethrow_kill() end
+  if not r[1] then tick() end
   return unpack(r, 1, r.n)
 end
 env.xpcall = function(f, handler, ...)
@@ -331,7 +330,7 @@ env.xpcall = function(f, handler, ...)
   if st == false then return false, TOO_DEEP end
   local r = pack(raw_xpcall(f, guarded, ...))
   leave(st)
-  if not r[1] then rethrow_kill() end
+  if not r[1] then tick() end
   return unpack(r, 1, r.n)
 end
 env.load = function(chunk, name, mode, e)
@@ -381,28 +380,55 @@ env.require = function(name)
 end
 
 -- ---------------------------------------------------------------------------------------
+-- Failures. Lua adds file:line only to string errors; for error(err_object), error({...})
+-- or error() the message handler of the top-level xpcall notes where the handler raised.
+-- It runs only when an error reaches that xpcall, so a delivery that succeeds pays nothing.
+local function locate(e)
+  if type(e) ~= "string" then
+    local st = ctx[co_running()]
+    if st and not st.killed then
+      local ok, at = raw_pcall(handler_line)
+      if ok then st.err_at = at end
+    end
+  end
+  return e
+end
+
+-- The text of a failure (an uncaught error value, or the err of `return nil, err`), made
+-- in the delivery's own budgeted thread: an object's __tostring is handler code and may loop.
+local function failure_text(st, v)
+  local at = st.err_at
+  st.err_at = nil
+  if not st.killed then
+    local text = K.render(v)
+    if not st.killed then return at and at .. text or text end
+  end
+  st.active = false  -- killed: the hook raises on every tick from now on
+  return st.kill_msg
+end
+
+-- ---------------------------------------------------------------------------------------
 -- Loading the handler: compile the source as text in the sandbox and run its top level
 -- inside a budgeted coroutine (a runaway top level is stopped like a runaway handler).
+-- K.op refuses to wait while loading and the top level cannot yield its coroutine, so
+-- the coroutine ends in one resume.
 local handler
 
 local function run_top(fn)
-  local co = co_create(fn)
   local st = {left = budget_ticks, active = true, loading = true, used = 0}
+  local co = co_create(function()
+    local r = pack(raw_xpcall(fn, locate))
+    if r[1] and not st.killed then return r end
+    return nil, failure_text(st, r[2])
+  end)
   ctx[co] = st
+  is_runner[co] = true
   arm(co)
-  local r = pack(co_resume(co))
-  if not r[1] then return nil, K.render(r[2]) end
-  if r[2] == OP then
-    return nil, "time.sleep, queue.publish and msg:ack/nack cannot run while the file loads"
+  local ok, r, err = co_resume(co)
+  if not ok then  -- killed outside the xpcall, or out of memory
+    return nil, st.killed and st.kill_msg or type(r) == "string" and to_utf8(r) or "Lua error"
   end
-  return r
-end
-
---- Compile only (load-time check): returns true, or nil and Lua's message.
-function K.compile(src, chunkname)
-  local fn, err = raw_load(src, "=" .. chunkname, "t", env)
-  if not fn then return nil, err end
-  return true
+  return r, err
 end
 
 --- Compile and run the chunk, then find the handler: the function it returns, or
@@ -445,8 +471,9 @@ end
 
 -- ---------------------------------------------------------------------------------------
 -- Runners: one coroutine per concurrently running delivery, reused across deliveries.
--- Python steps a runner with (token, body[, log threshold]) and gets back a code:
--- OK / FAIL(text) / ERR(text) when the delivery is done, or an op to perform.
+-- Python starts a delivery with K.step(slot, token, body[, log threshold]), resumes it after
+-- a wait with K.resume(slot, outcome...), and gets back a code: OK / FAIL(text) /
+-- ERR(text) when the delivery is done, DEAD(text) if the runner died, or an op to perform.
 local runners = {}
 local n_runners = 0
 
@@ -456,15 +483,13 @@ local function runner(token, body, threshold)
     st.left, st.killed, st.kill_msg, st.used, st.mark, st.nest = budget_ticks, false, nil, 0, nil, 0
     st.token, st.msg, st.active = token, nil, true
     if threshold then K.log_threshold = threshold end
-    local ok, r1, err = raw_pcall(handler, body)
+    local ok, r1, err = raw_xpcall(handler, locate, body)
     local code, text = OK, nil
-    if st.killed then
-      st.active = false
-      code, text = ERR, st.kill_msg
-    elseif not ok then
-      code, text = ERR, K.render(r1)     -- still budgeted: a __tostring may loop
+    if not ok or st.killed then
+      code, text = ERR, failure_text(st, r1)
     elseif err ~= nil then
-      code, text = FAIL, K.render(err)
+      text = failure_text(st, err)
+      code = st.killed and ERR or FAIL
     end
     st.active, st.token, st.msg = false, nil, nil
     token, body, threshold = co_yield(code, text)
@@ -481,8 +506,9 @@ function K.new_runner()
   return n_runners
 end
 
-local function after(slot, st, ok, a, ...)
-  if not ok then  -- the runner itself died (a kill or the memory cap outside the pcall)
+local function after(slot, ok, a, ...)
+  if not ok then  -- the runner itself died (a kill or the memory cap outside the xpcall)
+    local st = ctx[runners[slot]]
     runners[slot] = nil
     st.active = false
     if st.killed then return DEAD, st.kill_msg end
@@ -493,11 +519,18 @@ local function after(slot, st, ok, a, ...)
   return a, ...
 end
 
+--- Start a delivery on a runner: (slot, token, body[, threshold]).
 function K.step(slot, ...)
+  return after(slot, co_resume(runners[slot], ...))
+end
+
+--- Resume a runner after a wait with its outcome. The CPU time since the last charge
+--- went to waiting, not to Lua: forget it here, before any of the handler's instructions
+--- can run (a hook tick between the resume and a reset inside K.op would charge it).
+function K.resume(slot, ...)
   local co = runners[slot]
-  local st = ctx[co]
-  st.mark = nil  -- the time since the last charge was spent waiting, not in Lua
-  return after(slot, st, co_resume(co, ...))
+  ctx[co].mark = nil
+  return after(slot, co_resume(co, ...))
 end
 
 function K.drop(slot)

@@ -33,6 +33,20 @@ local function clean_fields(fields, base)
   return out
 end
 
+-- A copy of nested field tables with non-UTF-8 strings (keys too) as "?": Python cannot
+-- take them. Used only when the host refused a record, so the common case walks nothing.
+local function utf8_copy(v, depth, seen)
+  local tv = type(v)
+  if tv == "string" then return K.utf8(v) end
+  if tv ~= "table" or is_error(v) then return v end
+  if depth > 16 then return "{...}" end  -- as deep as Python's to_python goes
+  if seen[v] then return seen[v] end
+  local out = {}
+  seen[v] = out
+  for k, x in next, v do out[utf8_copy(k, depth + 1, seen)] = utf8_copy(x, depth + 1, seen) end
+  return out
+end
+
 local function logger_tostring() return "logger.Logger" end
 local function read_only() error("attempt to modify a logger (it is read-only)", 2) end
 
@@ -40,9 +54,10 @@ local make_logger
 
 make_logger = function(name, base)
   local methods = {}
+  local function iter(_, k) return next(methods, k) end  -- pairs() never hands out methods
   local self = setmetatable({}, {__index = methods, __newindex = read_only,
                                  __tostring = logger_tostring, __metatable = "logger.Logger",
-                                 __pairs = function() return next, methods, nil end})
+                                 __pairs = function(t) return iter, t, nil end})
 
   -- (self, msg, fields) for a colon call, (msg, fields) for a dot call
   local function args(method, ...)
@@ -75,7 +90,9 @@ make_logger = function(name, base)
       if info and info.currentline and info.currentline > 0 then
         out.location = info.short_src .. ":" .. info.currentline
       end
-      pycall(py_log, name, level, K.utf8(msg), out)
+      msg = K.utf8(msg)
+      local _, err = pycall(py_log, name, level, msg, out)
+      if err ~= nil then pycall(py_log, name, level, msg, utf8_copy(out, 0, {})) end
     end
   end
 

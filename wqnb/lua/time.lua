@@ -6,8 +6,8 @@
 local K = ...
 
 local type, tostring, error, setmetatable, tonumber = type, tostring, error, setmetatable, tonumber
-local floor, math_type = math.floor, math.type
-local format = string.format
+local floor, math_type, huge = math.floor, math.type, math.huge
+local format, gsub = string.format, string.gsub  -- as functions: handlers may replace string.*
 local new_error, op, pycall = K.new_error, K.op, K.pycall
 local OP_SLEEP = K.OP_SLEEP
 local py_now, py_parse_duration, py_format_time = K.host.now, K.host.parse_duration, K.host.format_time
@@ -39,7 +39,7 @@ local function duration(ns)
 end
 
 local function trim(x)
-  local s = format("%.9f", x):gsub("0+$", ""):gsub("%.$", "")
+  local s = gsub(gsub(format("%.9f", x), "0+$", ""), "%.$", "")
   return s
 end
 
@@ -69,28 +69,37 @@ local function d_of(d, method)
   if ns == nil then error("bad argument #1 to '" .. method .. "' (Duration expected)", 3) end
   return ns
 end
-function dmethods.nanoseconds(d) return d_of(d, "nanoseconds") end
+-- (d_of / t_of blame their caller's caller: in parentheses they are not tail-called)
+function dmethods.nanoseconds(d) return (d_of(d, "nanoseconds")) end
 function dmethods.microseconds(d) return d_of(d, "microseconds") / US end
 function dmethods.milliseconds(d) return d_of(d, "milliseconds") / MS end
 function dmethods.seconds(d) return d_of(d, "seconds") / S end
 function dmethods.minutes(d) return d_of(d, "minutes") / time.MINUTE end
 function dmethods.hours(d) return d_of(d, "hours") / time.HOUR end
 
---- Nanoseconds of a number / string / Duration, or nil and a message.
+--- Nanoseconds of a number / string / Duration, or nil and a message. NaN and infinities
+--- are refused: Go's durations are integers, and the host's clock must not see them.
 local function to_ns(v)
   local t = type(v)
-  if t == "number" then return v end
-  if t == "string" then
+  local ns
+  if t == "number" then
+    ns = v
+  elseif t == "string" then
     local seconds, err = pycall(py_parse_duration, v)
     if seconds == nil then return nil, err end
-    local ns = seconds * S
-    return math_type(ns) == "float" and floor(ns + 0.5) or ns
+    ns = seconds * S
+    if math_type(ns) == "float" then ns = floor(ns + 0.5) end
+  else
+    ns = dur_ns[v]
+    if ns == nil then
+      return nil, "duration expected (a number of nanoseconds, a string like \"50ms\", or a Duration), got " .. t
+    end
   end
-  local ns = dur_ns[v]
-  if ns ~= nil then return ns end
-  return nil, "duration expected (a number of nanoseconds, a string like \"50ms\", or a Duration), got " .. t
+  if ns ~= ns or ns == huge or ns == -huge then
+    return nil, "duration must be finite, got " .. (ns ~= ns and "nan" or ns > 0 and "inf" or "-inf")
+  end
+  return ns
 end
-K.to_ns = to_ns
 
 function time.parse_duration(v)
   local ns, err = to_ns(v)
@@ -134,7 +143,7 @@ function time.unix(sec, nsec)
 end
 
 function tmethods.unix(t) return t_of(t, "unix") // S end
-function tmethods.unix_nano(t) return t_of(t, "unix_nano") end
+function tmethods.unix_nano(t) return (t_of(t, "unix_nano")) end
 function tmethods.sub(t, other)
   return duration(t_of(t, "sub") - t_of(other, "sub"))
 end
@@ -146,17 +155,29 @@ end
 function tmethods.before(t, o) return t_of(t, "before") < t_of(o, "before") end
 function tmethods.after(t, o) return t_of(t, "after") > t_of(o, "after") end
 function tmethods.equal(t, o) return t_of(t, "equal") == t_of(o, "equal") end
-function tmethods.format_rfc3339(t) return (pycall(py_format_time, t_of(t, "format_rfc3339"), time.RFC3339)) end
+-- (called, not tail-called, by the methods: its error blames their caller's line)
+local function format_time(ns, method, layout)
+  local text, err = pycall(py_format_time, ns, layout)
+  if text == nil then error("bad argument #1 to '" .. method .. "' (" .. err .. ")", 3) end
+  return text
+end
+function tmethods.format_rfc3339(t)
+  local text = format_time(t_of(t, "format_rfc3339"), "format_rfc3339", time.RFC3339)
+  return text
+end
 function tmethods.format(t, layout)
   if type(layout) ~= "string" then
     error("bad argument #1 to 'format' (string expected, got " .. type(layout) .. ")", 2)
   end
-  local text, err = pycall(py_format_time, t_of(t, "format"), layout)
-  if text == nil then error("bad argument #1 to 'format' (" .. err .. ")", 2) end
+  local text = format_time(t_of(t, "format"), "format", layout)
   return text
 end
 
-TimeMT.__tostring = function(t) return (pycall(py_format_time, time_ns[t], time.RFC3339NANO)) end
+-- Never fails: tostring() of a value must give a string (error texts and logs use it).
+TimeMT.__tostring = function(t)
+  local text = pycall(py_format_time, time_ns[t], time.RFC3339NANO)
+  return text or "time.Time{unix_nano=" .. tostring(time_ns[t]) .. "}"
+end
 TimeMT.__eq = function(a, b) return time_ns[a] == time_ns[b] end
 TimeMT.__lt = function(a, b) return time_ns[a] < time_ns[b] end
 TimeMT.__le = function(a, b) return time_ns[a] <= time_ns[b] end

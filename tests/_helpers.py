@@ -15,9 +15,9 @@ import pandas as pd
 
 import wqnb
 
-# The seed page's three YAML blocks, byte for byte (spec/seed-queue.es.md). Only the
+# The seed page's three YAML blocks, byte for byte (tests/fixtures/seed-queue.es.md). Only the
 # `namespace:`/`entries:` frame around them is ours. test_registry.py checks the copy
-# against the spec when the spec is at hand.
+# against the page.
 SEED_DRIVER = """\
 - name: memory_driver
   kind: queue.driver.memory

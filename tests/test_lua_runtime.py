@@ -215,7 +215,9 @@ async def _fifty_sleepers(tmp_path: Path) -> float:
 
 def test_fifty_lua_workers_sleeping_100ms_finish_together_on_real_time(tmp_path):
     elapsed = asyncio.run(_fifty_sleepers(tmp_path))
-    assert 0.09 <= elapsed < 1.0  # one after another would take 5 s
+    # The claim is concurrency: one after another would take 5 s. The upper bound is loose
+    # (2.5 s, still half the serial time) because this is real time on a possibly loaded host.
+    assert 0.09 <= elapsed < 2.5
 
 
 def test_fifty_lua_workers_sleeping_100ms_take_no_wall_time_on_virtual_time(tmp_path):

@@ -8,7 +8,7 @@ import uuid
 from collections import Counter, deque
 
 import pytest
-from _helpers import C, Q, app, frame, now, rows, runtime, sleep_until, virtual
+from _helpers import Q, app, frame, now, rows, runtime, sleep_until, virtual
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -448,7 +448,3 @@ def test_sleep_until_helper_is_exact():
         return now()
 
     assert virtual(main) == 2.5
-
-
-def test_consumer_constants_used_here():
-    assert (Q, C) == ("t:tasks", "t:c")

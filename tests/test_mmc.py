@@ -68,10 +68,12 @@ def test_erlang_c_closed_forms():
     assert mm1.sojourn == pytest.approx(2.0)  # 1 / (μ - λ)
     assert mm1.p_wait == pytest.approx(0.5)  # ρ
     assert mm1.in_system == pytest.approx(1.0)  # ρ / (1 - ρ)
+    assert mm1.queue_length == pytest.approx(0.5)  # Lq = ρ² / (1 - ρ) = 0.25 / 0.5
     mm2 = wqnb.erlang_c(2, 1.0, 1.0)  # a = 1, ρ = 0.5: C(2, 1) = 1/3
     assert mm2.p_wait == pytest.approx(1 / 3)
     assert mm2.wait == pytest.approx(1 / 3)  # C / (cμ - λ)
-    assert mm2.queue_length == pytest.approx(mm2.wait * 1.0)  # Little
+    # closed form, not Little's law again: Lq = C·ρ / (1 - ρ) = (1/3)(0.5) / 0.5 = 1/3
+    assert mm2.queue_length == pytest.approx(1 / 3)
     # large c stays finite
     big = wqnb.erlang_c(500, 450.0, 1.0)
     assert 0 <= big.p_wait <= 1 and math.isfinite(big.sojourn)

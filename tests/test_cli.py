@@ -240,3 +240,16 @@ def test_a_drain_timeout_with_a_clean_stop_still_exits_1(app, capsys):
     assert rc == 1  # the four running handlers finish within the default stop_timeout
     assert one_line(captured.err) == "wqnb: queues not drained after 0.1s (--timeout): stopped with messages still queued"
     assert "published             8" in captured.out
+
+
+def test_a_virtual_run_that_requeues_forever_ends_at_its_timeout(app, capsys):
+    (app / "app.yaml").write_text((APP % {"concurrency": 1}).replace(
+        "    prefetch: 20\n", "    prefetch: 20\n    requeue_delay: 1s\n").replace("max_attempts: 2", "max_attempts: 1000000"))
+    (app / "clihandlers.py").write_text("async def ok(body):\n    raise RuntimeError('never')\n")
+    rc = wqnb_cli("run", app / "app.yaml", "--virtual", "--publish", "app.queue:tasks", "x",
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "--timeout", "30s")
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert one_line(captured.err) == ("wqnb: queues not drained after 30s of virtual time (--timeout): "
+                                      "stopped with messages still queued")
+    assert "nacked                31" in captured.out  # at t = 0, 1, ..., 30 (the last at the cut-off)

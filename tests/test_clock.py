@@ -274,3 +274,22 @@ def test_wqnb_sleep_is_asyncio_sleep_off_the_virtual_loop():
         return time.perf_counter() - t0
 
     assert asyncio.run(main()) >= 0.009
+
+
+def test_a_loop_stopped_by_one_done_callback_of_a_sleep_keeps_the_others():
+    # the virtual loop runs a lone sleep's callbacks itself; if the first stops the loop,
+    # the second must still run (on the next run), as with asyncio's own loop
+    for make in (VirtualTimeLoop, asyncio.new_event_loop):
+        loop = make()
+        try:
+            log: list[str] = []
+            sleep = loop.sleep_future(0.001) if isinstance(loop, VirtualTimeLoop) else loop.create_future()
+            if not isinstance(loop, VirtualTimeLoop):
+                loop.call_later(0.001, sleep.set_result, None)
+            sleep.add_done_callback(lambda f: (log.append("a"), loop.stop()))
+            sleep.add_done_callback(lambda f: log.append("b"))
+            loop.run_forever()
+            loop.run_until_complete(asyncio.sleep(0))
+            assert log == ["a", "b"], (make, log)
+        finally:
+            loop.close()

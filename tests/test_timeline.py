@@ -207,3 +207,10 @@ def test_summary_keys_and_counts():
     assert s["duration_s"] == 3.0
     assert s["utilisation"] == pytest.approx(5 / 6)  # five busy seconds out of 2 workers × 3 s
     assert s["latency_mean_s"] == (1 + 3 + 2 + 2) / 4
+
+
+def test_gauges_of_a_consumer_the_run_does_not_have_is_an_error_naming_the_ones_it_has():
+    tl = wqnb.simulate(messages=5, seed=1)
+    with pytest.raises(ValueError, match=r"unknown consumer 'sim:wrker' \(this timeline has: sim:worker\)"):
+        tl.gauges("sim:wrker")
+    assert len(tl.gauges("sim:worker")) > 0

@@ -33,6 +33,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    from .durations import parse_duration
+
+    try:
+        return parse_duration(text, what="seconds")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _duration_or_dist(text: str) -> Any:
     """``0.05``, ``50ms``, ``exp:0.05``, ``uniform:0.01:0.09``, ``lognormal:0.05:1``."""
     from .durations import parse_duration
@@ -83,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--handler", action="append", default=[], metavar="FUNC=MODULE:ATTR",
                      help="use a Python callable for a function id")
     run.add_argument("--virtual", action="store_true", help="run on virtual time (sleeps cost no wall time)")
-    run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the queues to drain")
+    run.add_argument("--timeout", type=_seconds, default=None,
+                     help="seconds to wait for the queues to drain (default 60; with --virtual, virtual "
+                          "seconds, default 3600: an app that requeues forever still ends)")
     _outputs(run)
 
     sim = sub.add_parser("simulate", help="simulate a workload on virtual time (wqnb.simulate)")
@@ -177,6 +188,7 @@ async def _run_app(args: argparse.Namespace) -> tuple[Any, list[str]]:
     for queue_id, _ in args.publish:
         rt._route(queue_id)  # an unknown queue fails here, before anything starts
     await rt.start()
+    timeout = args.timeout if args.timeout is not None else (3600.0 if args.virtual else 60.0)
     problems = []
     try:
         for queue_id, text in args.publish:
@@ -184,9 +196,11 @@ async def _run_app(args: argparse.Namespace) -> tuple[Any, list[str]]:
             for _ in range(args.count):
                 await rt.publish(queue_id, body)
         try:
-            await rt.drain(timeout=None if args.virtual else args.timeout)
+            await rt.drain(timeout=timeout)
         except TimeoutError:
-            problems.append(f"queues not drained after {args.timeout:g}s (--timeout): stopped with messages still queued")
+            clock = " of virtual time" if args.virtual else ""
+            problems.append(f"queues not drained after {timeout:g}s{clock} (--timeout): stopped with messages "
+                            "still queued")
     finally:
         try:
             await rt.stop()

@@ -239,7 +239,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                                 timer.remove_done_callback(callback)
                         timer.set_result(None)
                         if callbacks:
-                            for callback, context in callbacks:
+                            pending = iter(callbacks)
+                            for callback, context in pending:
                                 try:
                                     context.run(callback, timer)
                                 except (SystemExit, KeyboardInterrupt):
@@ -249,7 +250,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                                         "message": f"Exception in callback {callback!r}",
                                         "exception": exc, "future": timer,
                                     })
-                                if self._stopping:
+                                if self._stopping:  # the rest wait in the queue, as set_result left them
+                                    ready.extend(_Soon((cb, (timer,), ctx)) for cb, ctx in pending)
                                     break
                         continue
             if self._threads_pending or not timers:

@@ -110,7 +110,7 @@ class Consumer:
         self._room_waiter: asyncio.Future[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._delayed: dict[asyncio.TimerHandle, Message] = {}
+        self._delayed: dict[Message, asyncio.TimerHandle] = {}  # waiting out requeue_delay
         self._now: Callable[[], float] = time_unset
         self._push = True
         self._watching = False
@@ -200,6 +200,8 @@ class Consumer:
             if got:
                 self._deliver(got)
                 if len(got) == room:
+                    if route.ready:
+                        route.wake()  # messages left: another waiting consumer may take them
                     return
         if self._push:
             self._watching = True
@@ -217,8 +219,8 @@ class Consumer:
         busy pipeline it runs for every message, and local names cost less than ``self.``
         lookups. ``start`` makes it; workers call it too when they see a backlog."""
         buffer, route, prefetch, idle = self.buffer, self.route, self.prefetch, self._idle
-        w, fast, now, head, ready, take, notify = (self._w, self._fast, self._now, self._deliver_head, route.ready,
-                                                   route.take, route.notify)
+        w, fast, now, head, ready, take, notify, wake = (self._w, self._fast, self._now, self._deliver_head,
+                                                         route.ready, route.take, route.notify, route.wake)
 
         def on_push() -> None:
             self._watching = False
@@ -243,6 +245,8 @@ class Consumer:
             if len(got) < room:
                 self._watching = True
                 notify(on_push)  # type: ignore[misc]
+            elif ready:
+                wake()  # messages left: another waiting consumer may take them
         return on_push
 
     async def _fetch_loop(self) -> None:
@@ -262,9 +266,12 @@ class Consumer:
                 continue
             messages = await take(route.queue_id, room)
             self._deliver(messages)
+            if route.ready:
+                route.wake()  # messages left: another waiting consumer may take them
 
     def _deliver(self, messages: list[Message]) -> None:
-        """Messages taken from the queue enter the buffer: one ``deliver`` row each."""
+        """Messages taken from the queue enter the buffer: one ``deliver`` row each. (The
+        caller then wakes another consumer if the queue still has messages: after these rows.)"""
         buffer = self.buffer
         w, fast, head = self._w, self._fast, self._deliver_head
         now = self._now()
@@ -278,9 +285,9 @@ class Consumer:
         for _ in messages:
             if not idle:
                 break
-            w = idle.popleft()
-            if not w.done():
-                w.set_result(None)
+            f = idle.popleft()
+            if not f.done():
+                f.set_result(None)
 
     # -- work -------------------------------------------------------------------------------
     async def _work(self, w: int) -> None:
@@ -306,6 +313,8 @@ class Consumer:
         runtime = self.runtime
         idle = self._idle
         push, notify, on_ready = self._push, route.notify, self._on_ready
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             if not buffer:
                 if self._closing:
@@ -343,8 +352,11 @@ class Consumer:
                         await pending
                 else:
                     await handler(d)
-            except asyncio.CancelledError:
-                # Only stop() cancels workers: the handler was interrupted. stop() requeues
+            except asyncio.CancelledError as exc:
+                if not me.cancelling():  # the handler raised it itself: a failure like any other
+                    await self._failed(msg, d, w, exc)
+                    continue
+                # stop() cancelled this worker: the handler was interrupted. stop() requeues
                 # the interrupted messages at the head together, in the order they started.
                 self.busy -= 1
                 if d is not None:
@@ -357,13 +369,7 @@ class Consumer:
                 self._interrupted.append((started, w, msg))
                 raise
             except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
-                self.busy -= 1
-                if d is not None:
-                    d.released = True
-                if d is None or d.settled is None:
-                    if d is not None:
-                        d.settled = "nack"
-                    await self._nack_msg(msg, w, _error_text(exc))
+                await self._failed(msg, d, w, exc)
             else:
                 self.busy -= 1
                 settled = None
@@ -386,6 +392,16 @@ class Consumer:
                 # must not starve the notebook, other consumers or the publisher. (Here, with
                 # no message in hand, a cancellation loses nothing.)
                 await asyncio.sleep(0)
+
+    async def _failed(self, msg: Message, d: Delivery | None, worker: int, exc: BaseException) -> None:
+        """The handler raised: nack, unless it settled the delivery itself first."""
+        self.busy -= 1
+        if d is not None:
+            d.released = True
+        if d is None or d.settled is None:
+            if d is not None:
+                d.settled = "nack"
+            await self._nack_msg(msg, worker, _error_text(exc))
 
     @staticmethod
     async def _timed(coro: Any, timeout: float, d: Delivery | None) -> None:
@@ -443,8 +459,7 @@ class Consumer:
             self._dead_letter(msg, error, worker)
         elif self.entry.requeue_delay > 0 and not self._closing:
             msg.attempt += 1
-            handle = asyncio.get_running_loop().call_later(self.entry.requeue_delay, self._land_delayed, msg)
-            self._delayed[handle] = msg
+            self._delayed[msg] = asyncio.get_running_loop().call_later(self.entry.requeue_delay, self._land_delayed, msg)
         else:
             msg.attempt += 1
             self._requeue([msg], front=False, worker=worker)
@@ -488,17 +503,14 @@ class Consumer:
         self._requeue([m for _, m in items], front=True, workers=[w for w, _ in items])
 
     def _land_delayed(self, msg: Message) -> None:
-        for handle, m in list(self._delayed.items()):
-            if m is msg:
-                del self._delayed[handle]
-                break
+        del self._delayed[msg]
         self._requeue([msg], front=False)
         self.runtime._notify_settled()
 
     def _flush_delayed(self) -> None:
         """Stop: messages waiting out their ``requeue_delay`` are requeued right away."""
         delayed, self._delayed = self._delayed, {}
-        for handle, msg in delayed.items():
+        for msg, handle in delayed.items():
             handle.cancel()
             self._requeue([msg], front=False)
 

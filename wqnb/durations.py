@@ -7,6 +7,7 @@ integers, which it converts itself before calling :func:`parse_duration`.
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["parse_duration", "format_duration"]
@@ -29,9 +30,7 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected a duration like '200ms' or seconds, got {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{what}: must not be negative, got {value!r}")
-        return float(value)
+        return _checked(float(value), value, what)
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -39,9 +38,7 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
         except ValueError:
             pass
         else:
-            if seconds < 0:
-                raise ValueError(f"{what}: must not be negative, got {value!r}")
-            return seconds
+            return _checked(seconds, value, what)
         pos, total = 0, 0.0
         for m in _PART.finditer(text):
             if m.start() != pos:
@@ -53,6 +50,14 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     raise ValueError(
         f"{what}: invalid duration {value!r} (use '200ms', '1.5s', '1m30s' or seconds)"
     )
+
+
+def _checked(seconds: float, value: object, what: str) -> float:
+    if not math.isfinite(seconds):  # nan would sort nowhere on a timer heap; inf never ends
+        raise ValueError(f"{what}: must be a finite number of seconds, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"{what}: must not be negative, got {value!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

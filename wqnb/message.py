@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import AlreadySettled, MessageReleased
@@ -121,10 +120,6 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message(id={self.id!r}, attempt={self.attempt}, body={self.body!r:.60})"
-
-
-# The consumer passes these two callables; they perform the real ack / nack.
-SettleFn = Callable[["Delivery", str | None], Awaitable[None]]
 
 
 class Delivery:

@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .views import pick_consumer
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
@@ -110,38 +112,17 @@ def _new_fig(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
 _memo: dict[str, Any] | None = None
 
 
-def _messages(tl: Timeline) -> pd.DataFrame:
-    """``tl.messages()``, computed once per :func:`overview` (it is the costly view)."""
+def _gauges(tl: Timeline, consumer: str | None) -> pd.DataFrame:
+    """``tl.gauges(consumer)``, computed once per :func:`overview` (two panels use it)."""
     if _memo is not None:
         if _memo.get("tl") is not tl:
             _memo.clear()
             _memo["tl"] = tl
-        if "messages" not in _memo:
-            _memo["messages"] = tl.messages()
-        return _memo["messages"]
-    return tl.messages()
-
-
-def _gauges(tl: Timeline, consumer: str | None) -> pd.DataFrame:
-    if _memo is not None and _memo.get("tl") is tl:
         key = ("gauges", consumer)
         if key not in _memo:
             _memo[key] = tl.gauges(consumer)
         return _memo[key]
     return tl.gauges(consumer)
-
-
-def _pick_consumer(tl: Timeline, consumer: str | None) -> str | None:
-    """The consumer to draw: the one named, else the timeline's first."""
-    if consumer is not None:
-        if tl.consumers and consumer not in tl.consumers:
-            known = ", ".join(tl.consumers) or "none"
-            raise ValueError(f"unknown consumer {consumer!r} (this timeline has: {known})")
-        return consumer
-    if tl.consumers:
-        return next(iter(tl.consumers))
-    cats = tl.df["consumer"].dropna().unique() if len(tl.df) else []
-    return str(cats[0]) if len(cats) else None
 
 
 def _float(s: pd.Series) -> np.ndarray:
@@ -252,8 +233,8 @@ def gantt(
     deliveries handed back on stop are grey. ``start``/``end`` zoom the time axis (s).
     """
     ax = _new_ax(ax)
-    consumer = _pick_consumer(tl, consumer)
-    m = _messages(tl)
+    consumer = pick_consumer(tl, consumer)
+    m = tl.messages()  # (computed once per Timeline)
     if consumer is not None and len(m):
         m = m[m["consumer"] == consumer]
     m = m[m["t_start"].notna() & m["worker"].notna()]
@@ -361,7 +342,7 @@ def gauges(
     is the top of the y axis as a multiple of the highest line (room for that legend).
     """
     ax = _new_ax(ax)
-    consumer = _pick_consumer(tl, consumer)
+    consumer = pick_consumer(tl, consumer)
     g = _gauges(tl, consumer)
     t = g["t"].to_numpy(dtype=float)
     lim = _limits(tl, consumer) if limits else {}
@@ -433,7 +414,7 @@ def backpressure(
 
 
 def _split(tl: Timeline, consumer: str | None) -> pd.DataFrame:
-    m = _messages(tl)
+    m = tl.messages()  # (computed once per Timeline)
     if consumer is not None and len(m):
         m = m[m["consumer"] == consumer]
     return m
@@ -458,7 +439,7 @@ def latency(
     if kind not in ("hist", "cdf"):
         raise ValueError(f"kind must be 'hist' or 'cdf', not {kind!r}")
     ax = _new_ax(ax, (6, 3.5))
-    m = _split(tl, _pick_consumer(tl, consumer) if consumer is not None else None)
+    m = _split(tl, pick_consumer(tl, consumer) if consumer is not None else None)
     series = {}
     for col in _SPLIT:
         v = m[col].to_numpy(dtype=float, na_value=np.nan) if col in m else np.array([])

@@ -14,6 +14,7 @@ with Wippy's wording where Wippy has one (``concurrency 1001 exceeds maximum 100
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,8 @@ class _EntryReader:
         value = self.raw.get(key) if raw is None else raw
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value)):
             raise self.error(f"{key} must be an integer, got {value!r}", key)
         value = int(value)
         if value <= 0:
@@ -147,9 +149,14 @@ class _EntryReader:
 
     def lifecycle(self) -> Lifecycle:
         lc = self.mapping("lifecycle", self.raw.get("lifecycle"))
-        deps = list(lc.get("depends_on") or []) + list(lc.get("requires") or [])
-        if not all(isinstance(d, str) for d in deps):
-            raise self.error("depends_on must be a list of registry ids", "lifecycle.depends_on")
+        deps = []
+        for key in ("depends_on", "requires"):
+            value = lc.get(key) or []
+            if isinstance(value, str):
+                value = [value]  # one id written without the list
+            if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+                raise self.error(f"{key} must be a list of registry ids, got {value!r}", f"lifecycle.{key}")
+            deps += value
         auto = lc.get("auto_start", False)
         if not isinstance(auto, bool):
             raise self.error(f"auto_start must be true or false, got {auto!r}", "lifecycle.auto_start")
@@ -225,6 +232,9 @@ def _parse_function(r: _EntryReader, kind: str, base_dir: Path) -> FunctionSpec:
     if method is not None and not isinstance(method, str):
         raise r.error(f"method must be a string, got {method!r}", "method")
     options = {k: v for k, v in r.raw.items() if k not in ("name", "kind", "source", "method", "modules", "meta")}
+    offload = options.get("offload")
+    if offload is not None and not isinstance(offload, bool):
+        raise r.error(f"offload must be true or false, got {offload!r}", "offload")
     return FunctionSpec(
         id=r.id,
         kind=kind,
@@ -318,7 +328,7 @@ class Registry:
             raw = {**raw["data"], "name": name, "kind": kind, "lifecycle": raw.get("lifecycle", raw["data"].get("lifecycle"))}
         entry_id = f"{ns}:{name}"
         if entry_id in self.entries:
-            first = getattr(self.entries[entry_id], "file", None) or "?"
+            first = self.file_of(entry_id) or "?"
             raise ConfigError(f"entry defined twice (first in {first})", file=file, entry=entry_id)
         reader = _EntryReader(raw, entry_id, ns, file)
         self.entries[entry_id] = _parse_entry(reader, kind.strip(), base_dir)
@@ -345,8 +355,6 @@ class Registry:
 
     def file_of(self, entry_id: str) -> str | None:
         e = self.entries.get(entry_id)
-        if isinstance(e, FunctionSpec):
-            return str(e.yaml_file) if e.yaml_file else None
         return getattr(e, "file", None)
 
     # -- validation --------------------------------------------------------------------

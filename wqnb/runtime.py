@@ -186,9 +186,12 @@ class Runtime:
     def _handler_for(self, c: ConsumerEntry) -> Handler:
         fn = self._functions.get(c.func)
         virtual = is_virtual(self._loop)
+
+        def offload(asked: bool | None) -> bool:  # threads on real time, unless told; never on virtual
+            return not virtual and (asked is None or asked)
+
         if fn is not None:
-            offload = self._offload.get(c.func)
-            return python_handler(fn, offload=(not virtual) if offload is None else (offload and not virtual))
+            return python_handler(fn, offload=offload(self._offload.get(c.func)))
         spec = self.registry.entries.get(c.func)
         if not isinstance(spec, FunctionSpec):
             raise ConfigError(
@@ -197,14 +200,13 @@ class Runtime:
                 file=c.file, entry=c.id, field="func",
             )
         if spec.kind == "function.python":
-            offload = spec.options.get("offload")
-            return python_handler(import_callable(spec), offload=(not virtual) if offload is None else bool(offload) and not virtual)
+            return python_handler(import_callable(spec), offload=offload(spec.options.get("offload")))
         try:
             from .handlers.lua import load_lua_function
         except ImportError as e:
             raise ConfigError(
                 f"function.lua needs lupa: pip install 'wqnb[lua]' ({e})",
-                file=str(spec.yaml_file) if spec.yaml_file else None, entry=spec.id, field="kind",
+                file=spec.file, entry=spec.id, field="kind",
             ) from None
         return load_lua_function(spec, self.services)
 

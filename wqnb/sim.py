@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from .clock import run_virtual
-from .errors import QueueFull
+from .errors import QueueFull, StopTimeout
 from .runtime import Runtime
 from .timeline import Timeline
 
@@ -50,8 +51,8 @@ class Distribution(Protocol):
 def _check_seconds(what: str, value: float, *, positive: bool = False) -> None:
     """A bad parameter fails when the distribution is made, naming it, not at the first
     draw deep inside a run (a ZeroDivisionError, a math domain error, negative sleeps)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{what} must be a number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{what} must be {'> 0' if positive else '>= 0'} seconds, got {value!r}")
 
@@ -115,11 +116,13 @@ class LogNormal:
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 0:
             raise ValueError(f"LogNormal sigma must be a number >= 0, got {self.sigma!r}")
 
-    def sample(self, rng: random.Random) -> float:
-        import math
+    @property
+    def mu(self) -> float:
+        """The mean of log(x) that gives this ``mean``."""
+        return math.log(self.mean) - self.sigma**2 / 2
 
-        mu = math.log(self.mean) - self.sigma**2 / 2
-        return rng.lognormvariate(mu, self.sigma)
+    def sample(self, rng: random.Random) -> float:
+        return rng.lognormvariate(self.mu, self.sigma)
 
 
 def sampler(dist: Distribution, rng: random.Random) -> Callable[[], float]:
@@ -129,13 +132,14 @@ def sampler(dist: Distribution, rng: random.Random) -> Callable[[], float]:
         return functools.partial(rng.expovariate, 1.0 / dist.mean)
     if type(dist) is Constant:
         return itertools.repeat(dist.value).__next__
+    if type(dist) is LogNormal:
+        return functools.partial(rng.lognormvariate, dist.mu, dist.sigma)
     return functools.partial(dist.sample, rng)
 
 
 def as_distribution(value: float | Distribution, what: str) -> Distribution:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"{what} must not be negative, got {value}")
+        _check_seconds(what, value)
         return Constant(float(value))
     if hasattr(value, "sample"):
         return value  # type: ignore[return-value]
@@ -147,7 +151,7 @@ class SimulatedFailure(Exception):
 
 
 def _app_yaml(concurrency: int, prefetch: int, max_length: int, requeue_delay: float | None,
-              max_attempts: int | None, timeout: float | None, stop_timeout: float | None) -> str:
+              max_attempts: int | None, timeout: float | None) -> str:
     dl = f"\n    dead_letter: {{queue: sim:dead, max_attempts: {max_attempts}}}" if max_attempts else ""
     dead = (
         "\n  - name: dead\n    kind: queue.queue\n    driver: sim:memory\n    options: {max_length: 1000000}"
@@ -158,7 +162,6 @@ def _app_yaml(concurrency: int, prefetch: int, max_length: int, requeue_delay: f
         extra += f"\n    requeue_delay: {requeue_delay}"
     if timeout:
         extra += f"\n    timeout: {timeout}"
-    stop = f", stop_timeout: {stop_timeout}" if stop_timeout is not None else ""
     return f"""\
 namespace: sim
 entries:
@@ -175,7 +178,7 @@ entries:
     func: sim:handler
     concurrency: {concurrency}
     prefetch: {prefetch}{extra}
-    lifecycle: {{auto_start: true{stop}}}
+    lifecycle: {{auto_start: true}}
 """
 
 
@@ -210,35 +213,39 @@ def simulate(
     Your own app: pass ``app`` (a YAML path, YAML text containing ``entries:``, or a
     :class:`Runtime` not yet started), the ``queue`` to publish to and ``handlers``
     (function id → Python callable) for functions that are not Lua entries.
-    ``until`` stops the run at that virtual time instead of draining.
+    ``until`` stops the run at that virtual time instead of draining: no more intake, and
+    running handlers get the consumer's ``stop_timeout`` (10 s) to finish before they are
+    cut off and their messages requeued, as in any graceful stop.
     """
-    if messages < 0:
-        raise ValueError(f"messages must be ≥ 0, got {messages}")
-    if not 0.0 <= failure_rate <= 1.0:
+    if isinstance(messages, bool) or not isinstance(messages, int) or messages < 0:
+        raise ValueError(f"messages must be a whole number ≥ 0, got {messages!r}")
+    if not 0.0 <= failure_rate <= 1.0:  # (False for nan too)
         raise ValueError(f"failure_rate must be between 0 and 1, got {failure_rate}")
     if failure_rate >= 1.0 and not max_attempts:
         raise ValueError("failure_rate 1.0 without max_attempts would requeue every message forever")
-    if arrival_rate is not None and arrival_rate <= 0:
-        raise ValueError(f"arrival_rate must be > 0 (or None for all at t = 0), got {arrival_rate}")
+    if arrival_rate is not None and not 0 < arrival_rate < math.inf:
+        raise ValueError(f"arrival_rate must be > 0 and finite (or None for all at t = 0), got {arrival_rate}")
+    if until is not None and (isinstance(until, bool) or not isinstance(until, (int, float))
+                              or not 0 <= until < math.inf):
+        raise ValueError(f"until must be a finite number of virtual seconds ≥ 0, got {until!r}")
     service = as_distribution(service_time, "service_time")
     params = dict(concurrency=concurrency, prefetch=prefetch, messages=messages, arrival_rate=arrival_rate,
                   service_time=service, failure_rate=failure_rate, max_length=max_length, seed=seed,
                   max_attempts=max_attempts, requeue_delay=requeue_delay, timeout=timeout)
 
     async def run() -> Timeline:
+        sleep_for = asyncio.get_running_loop().sleep_future  # type: ignore[attr-defined]
         rng_arrivals = random.Random(f"{seed}:arrivals")
         rng_service = random.Random(f"{seed}:service")
         rng_failure = random.Random(f"{seed}:failures")
         if app is None:
             rt = Runtime.from_yaml_string(
-                _app_yaml(concurrency, prefetch, max_length, requeue_delay, max_attempts, timeout, None),
+                _app_yaml(concurrency, prefetch, max_length, requeue_delay, max_attempts, timeout),
                 name="<simulate>",
             )
             target = "sim:tasks"
             draw = sampler(service, rng_service)
             chance = rng_failure.random
-            sleep_for = asyncio.get_running_loop().sleep_future  # type: ignore[attr-defined]
-
             if failure_rate:
                 async def handler(_body: Any) -> None:
                     await sleep_for(draw())
@@ -264,23 +271,30 @@ def simulate(
             # wait and waits) when the queue is full: the same rows as always awaiting publish.
             publish, publish_nowait = rt.publish, rt._publish_nowait
             gap = None if arrival_rate is None else functools.partial(rng_arrivals.expovariate, arrival_rate)
-            sleep_for = asyncio.get_running_loop().sleep_future  # type: ignore[attr-defined]
             for i in range(messages):
                 if gap is not None:
                     await sleep_for(gap())
+                data = make_body(i)
                 try:
-                    publish_nowait(target, make_body(i))
+                    publish_nowait(target, data)
                 except QueueFull:
-                    await publish(target, make_body(i))
+                    await publish(target, data)
 
         if until is None:
             await publisher()
             await rt.drain()
+            await rt.stop()
         else:
             pub = asyncio.ensure_future(publisher())
             await asyncio.sleep(until)
             pub.cancel()
-        await rt.stop()
+            (outcome,) = await asyncio.gather(pub, return_exceptions=True)
+            try:
+                await rt.stop()
+            except StopTimeout:
+                pass  # handlers outlasted stop_timeout: cut off, their messages requeued and recorded
+            if isinstance(outcome, Exception):
+                raise outcome  # the publisher failed (a bad queue, a body that raised): say so
         tl = rt.timeline
         tl.params = params
         return tl

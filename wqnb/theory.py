@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 __all__ = ["MMc", "erlang_c"]
@@ -26,8 +25,9 @@ class MMc:
 def erlang_c(servers: int, arrival_rate: float, service_rate: float) -> MMc:
     """Erlang C for ``servers`` workers, arrivals λ/s and service μ/s per worker."""
     c, lam, mu = servers, arrival_rate, service_rate
-    if c < 1 or lam <= 0 or mu <= 0:
-        raise ValueError("need servers ≥ 1 and positive rates")
+    if c < 1 or not lam > 0 or not mu > 0:
+        raise ValueError(f"need servers ≥ 1 and positive rates, got servers={c!r}, arrival_rate={lam!r}, "
+                         f"service_rate={mu!r}")
     a = lam / mu
     rho = a / c
     if rho >= 1:
@@ -42,8 +42,3 @@ def erlang_c(servers: int, arrival_rate: float, service_rate: float) -> MMc:
     wq = p_wait / (c * mu - lam)
     w = wq + 1 / mu
     return MMc(c, lam, mu, p_wait, rho, wq, w, lam * wq, lam * w)
-
-
-def _check() -> None:  # pragma: no cover - a worked example for readers
-    r = erlang_c(1, 0.5, 1.0)  # M/M/1: W = 1/(μ-λ) = 2
-    assert math.isclose(r.sojourn, 2.0)

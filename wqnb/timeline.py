@@ -161,10 +161,6 @@ class Recorder:
         self.id_prefix = ""
         self.t0: float | None = None
 
-    def record(self, *row: object) -> None:
-        """One event (the slow, readable form of ``write(pack(*row))``)."""
-        self.buf.extend(self.pack(*row))
-
     # -- name tables ------------------------------------------------------------------
     def queue_index(self, name: str) -> int:
         idx = self._queue_idx.get(name)

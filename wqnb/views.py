@@ -74,6 +74,20 @@ def messages(tl: Timeline) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
+def pick_consumer(tl: Timeline, consumer: str | None) -> str | None:
+    """The consumer a view or plot is about: the one named (a name the run does not have
+    is an error, not an empty result), else the run's first."""
+    if consumer is not None:
+        known = list(tl.consumers) or [str(c) for c in tl.df["consumer"].dropna().unique()]
+        if consumer not in known:
+            raise ValueError(f"unknown consumer {consumer!r} (this timeline has: {', '.join(known) or 'none'})")
+        return consumer
+    if tl.consumers:
+        return next(iter(tl.consumers))
+    present = tl.df["consumer"].dropna()
+    return str(present.iloc[0]) if len(present) else None
+
+
 def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) -> pd.DataFrame:
     """Step series of one consumer and its queue: ``t, event, depth, buffered, busy, unsettled``.
 
@@ -83,12 +97,7 @@ def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) 
     a worker that acks and starts its next message at the same instant was never idle.
     """
     df = tl.df
-    if consumer is None:
-        if tl.consumers:
-            consumer = next(iter(tl.consumers))
-        else:
-            present = df["consumer"].dropna()
-            consumer = str(present.iloc[0]) if len(present) else None
+    consumer = pick_consumer(tl, consumer)
     if consumer is not None and consumer in tl.consumers:
         queue = tl.consumers[consumer].queue
     elif consumer is not None:
@@ -129,8 +138,7 @@ def summary(tl: Timeline) -> pd.Series:
     busy_time = float(m["service"].sum()) if len(m) else 0.0
     waits = df[ev == "publish_wait"]
     if len(waits):
-        pub = df[ev == "publish"].groupby("msg_id", observed=True)["t"].min()
-        wait_times = pub.reindex(waits["msg_id"]).to_numpy() - waits["t"].to_numpy()
+        wait_times = first_ready.reindex(waits["msg_id"]).to_numpy() - waits["t"].to_numpy()
         publish_wait_total = float(np.nansum(wait_times))
     else:
         publish_wait_total = 0.0

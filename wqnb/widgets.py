@@ -34,6 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import plot
+from .views import pick_consumer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Runtime
@@ -455,7 +456,7 @@ class LiveMonitor:
         self.dpi = dpi
         self.body = body or (lambda i: {"n": i})
         tl = rt.timeline
-        self.consumer = plot._pick_consumer(tl, consumer)
+        self.consumer = pick_consumer(tl, consumer)
         info = tl.consumers.get(self.consumer) if self.consumer else None
         self.queue = queue or (info.queue if info is not None else None)
         if self.queue is None:

@@ -81,8 +81,8 @@ class MemoryQueue:
             if not putters:
                 break
             self._wake_one(putters)
-        if ready and (self._pushers or self._takers):
-            self.wake()  # more left: let another consumer have some
+        # More may be left for another waiting consumer; the caller wakes it (route.wake())
+        # once it has recorded its own deliveries, so rows and gauges stay in order.
         return out
 
     async def wait_ready(self) -> None:

@@ -55,6 +55,11 @@ class FunctionSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def file(self) -> str | None:
+        """The YAML file the entry is in, for error messages (None for YAML text)."""
+        return str(self.yaml_file) if self.yaml_file else None
+
+    @property
     def chunk_name(self) -> str:
         """The name Lua error messages start with: the file name, or the entry id."""
         return self.source_file.name if self.source_file else self.id

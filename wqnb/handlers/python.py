@@ -75,7 +75,7 @@ def import_callable(spec: FunctionSpec) -> Callable[..., Any]:
     if not sep or not module_name or not attr:
         raise ConfigError(
             f"source must be 'module:attr', got {spec.source!r}", entry=spec.id, field="source",
-            file=str(spec.yaml_file) if spec.yaml_file else None,
+            file=spec.file,
         )
     import sys
 
@@ -85,10 +85,11 @@ def import_callable(spec: FunctionSpec) -> Callable[..., Any]:
         added = True
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except Exception as e:  # noqa: BLE001 - a missing module, or one that fails as it runs (SyntaxError...)
+        text = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
         raise ConfigError(
-            f"cannot import module {module_name!r}: {e}", entry=spec.id, field="source",
-            file=str(spec.yaml_file) if spec.yaml_file else None,
+            f"cannot import module {module_name!r}: {text}", entry=spec.id, field="source",
+            file=spec.file,
         ) from None
     finally:
         if added:
@@ -100,8 +101,8 @@ def import_callable(spec: FunctionSpec) -> Callable[..., Any]:
         except AttributeError:
             raise ConfigError(
                 f"module {module_name!r} has no attribute {attr!r}", entry=spec.id, field="source",
-                file=str(spec.yaml_file) if spec.yaml_file else None,
+                file=spec.file,
             ) from None
     if not callable(obj):
-        raise ConfigError(f"{spec.source} is not callable", entry=spec.id, field="source")
+        raise ConfigError(f"{spec.source} is not callable", entry=spec.id, field="source", file=spec.file)
     return obj

@@ -15,7 +15,7 @@ from wqnb.timeline import Timeline
 CHUNK = 1 << 15  # a size past any buffering a recorder might do
 
 COLUMNS = ["t", "event", "queue", "consumer", "worker", "msg_id", "attempt", "error",
-           "depth", "buffered", "busy", "unsettled"]
+           "depth", "buffered", "busy", "unsettled", "redelivered"]
 EVENTS = {"publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue", "dead_letter"}
 
 
@@ -151,7 +151,7 @@ def test_messages_view():
     m = small_run().timeline.messages()
     assert list(m.columns) == ["msg_id", "queue", "consumer", "worker", "attempt", "t_ready", "t_deliver",
                                "t_start", "t_end", "outcome", "dead_lettered", "queue_wait", "buffer_wait",
-                               "service", "error"]
+                               "service", "error", "redelivered"]
     assert len(m) == 5  # four messages, one of them twice
     assert m["outcome"].astype(str).tolist().count("nack") == 1
     assert (m["service"] == 1.0).all()

@@ -19,6 +19,7 @@ runtime started. ``queue``, ``consumer`` and ``error`` are small integers into n
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,11 @@ class Timeline:
     queues: dict[str, QueueInfo] = field(default_factory=dict)
     consumers: dict[str, ConsumerInfo] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    #: Unix time (wall clock; virtual runs: 2026-01-01 plus virtual time) at ``t = 0``, so
+    #: that timelines of several processes share one time axis (:meth:`merge`).
+    origin_unix: float | None = None
+    #: Who recorded it: ``host:pid`` of the process, or a name given to the runtime.
+    process: str = ""
 
     @classmethod
     def from_array(
@@ -273,13 +279,12 @@ class Timeline:
         return path
 
     def save(self, path: str | Path) -> Path:
-        """Write ``.csv`` or ``.parquet`` by the file's suffix."""
-        path = Path(path)
-        if path.suffix == ".csv":
-            return self.to_csv(path)
-        if path.suffix in (".parquet", ".pq"):
-            return self.to_parquet(path)
-        raise ValueError(f"{path}: unknown timeline format (use .csv or .parquet)")
+        """Write ``.csv`` (plus a ``.csv.json`` sidecar) or ``.parquet`` by the file's suffix,
+        with what :meth:`read` needs to rebuild this Timeline (limits, origin, process:
+        :mod:`wqnb.merge`)."""
+        from .merge import write
+
+        return write(self, path)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -306,3 +311,19 @@ class Timeline:
         from .views import summary
 
         return summary(self)
+
+    # reading back and merging live in wqnb.merge
+    @classmethod
+    def read(cls, path: str | Path) -> Timeline:
+        """Load a timeline written by :meth:`save` (``.parquet`` or ``.csv``)."""
+        from .merge import read
+
+        return read(path)
+
+    @classmethod
+    def merge(cls, timelines: Iterable[Timeline | str | Path]) -> Timeline:
+        """One timeline from several processes' (Timelines or files), joined by ``msg_id``
+        on a common ``t``, with a ``process`` column; see :func:`wqnb.merge.merge`."""
+        from .merge import merge
+
+        return merge(timelines)

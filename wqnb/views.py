@@ -14,7 +14,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from .timeline import Timeline
 
-__all__ = ["messages", "gauges", "summary"]
+__all__ = ["COUNT_KEYS", "Summary", "format_seconds", "messages", "gauges", "summary"]
 
 _READY = ("publish", "requeue", "dead_letter")
 
@@ -22,16 +22,23 @@ _READY = ("publish", "requeue", "dead_letter")
 def messages(tl: Timeline) -> pd.DataFrame:
     """One row per delivery attempt, with its waits and service time (seconds).
 
-    Columns: ``msg_id, queue, consumer, worker, attempt, t_ready, t_deliver, t_start,
-    t_end, outcome, dead_lettered, queue_wait, buffer_wait, service, error``.
+    Columns: ``msg_id, queue, consumer, worker, attempt, t_arrival, t_ready, t_deliver,
+    t_start, t_end, outcome, dead_lettered, queue_wait, buffer_wait, service, error``.
     ``outcome`` is ``ack``, ``nack``, ``returned`` (handed back to the queue by a stop,
     unstarted or interrupted) or ``<NA>`` (still in hand). ``t_ready`` is when the message
     became ready in the queue for this attempt (its publish, or the requeue before it).
+    Then ``redelivered`` (the broker flagged the delivery as a redelivery), and on a
+    merged timeline ``process``.
+
+    Several processes (:meth:`Timeline.merge`, docs/brokers.md): a message published
+    elsewhere starts at its first ``deliver`` (that is its ``t_ready``); a delivery that
+    never ended where it was made but was delivered again later (its process died, and
+    the broker took the message back) is ``returned`` at that next delivery.
     """
     df = tl.df
-    cols = ["msg_id", "queue", "consumer", "worker", "attempt", "t_ready", "t_deliver",
+    cols = ["msg_id", "queue", "consumer", "worker", "attempt", "t_arrival", "t_ready", "t_deliver",
             "t_start", "t_end", "outcome", "dead_lettered", "queue_wait", "buffer_wait",
-            "service", "error"]
+            "service", "error", "redelivered"] + (["process"] if "process" in df.columns else [])
     if df.empty:
         return pd.DataFrame(columns=cols)
     msg = df["msg_id"].cat.codes.to_numpy()
@@ -40,6 +47,11 @@ def messages(tl: Timeline) -> pd.DataFrame:
     dno = pd.Series(is_deliver.astype(np.int32)).groupby(msg).cumsum().to_numpy()
     t = df["t"].to_numpy()
     ready = pd.Series(np.where(np.isin(event, _READY), t, np.nan)).groupby(msg).ffill().to_numpy()
+    if np.isnan(ready[is_deliver]).any():  # first seen through a broker: starts at its first deliver
+        first = pd.Series(np.where(is_deliver, t, np.nan)).groupby(msg).transform("min").to_numpy()
+        ready = np.where(np.isnan(ready), first, ready)
+    redelivered = df["redelivered"].to_numpy(dtype=bool) if "redelivered" in df.columns else np.zeros(len(df), bool)
+    extra = {"process": df["process"]} if "process" in df.columns else {}
     key = pd.DataFrame({"m": msg, "d": dno})
 
     def part(mask: np.ndarray, **columns: object) -> pd.DataFrame:
@@ -51,7 +63,7 @@ def messages(tl: Timeline) -> pd.DataFrame:
     deliveries = part(
         is_deliver,
         msg_id=df["msg_id"], queue=df["queue"], consumer=df["consumer"], attempt=df["attempt"],
-        t_ready=ready, t_deliver=t,
+        t_ready=ready, t_deliver=t, redelivered=redelivered, **extra,
     )
     starts = part(event == "start", worker=df["worker"], t_start=t)
     ends = part(np.isin(event, ("ack", "nack")), t_end=t, outcome=event, error=df["error"])
@@ -62,16 +74,30 @@ def messages(tl: Timeline) -> pd.DataFrame:
     no_end = out["outcome"].isna() & out["t_returned"].notna()
     out.loc[no_end, "outcome"] = "returned"
     out.loc[no_end, "t_end"] = out.loc[no_end, "t_returned"]
+    if out["outcome"].isna().any():  # taken back by the broker: ends at the next delivery
+        later = deliveries[["m", "d", "t_deliver"]].rename(columns={"t_deliver": "t_next"})
+        later["d"] -= 1
+        t_next = out[["m", "d"]].merge(later, on=["m", "d"], how="left")["t_next"].to_numpy()
+        gone = out["outcome"].isna().to_numpy() & ~np.isnan(t_next)
+        out.loc[gone, "outcome"] = "returned"
+        out.loc[gone, "t_end"] = t_next[gone]
     out["dead_lettered"] = out["dead_lettered"].fillna(False).astype(bool)
+    out["t_arrival"] = out["m"].map(_arrivals(df, msg, event, t)).to_numpy(dtype=float)
     out["queue_wait"] = out["t_deliver"] - out["t_ready"]
     out["buffer_wait"] = out["t_start"] - out["t_deliver"]
     out["service"] = out["t_end"] - out["t_start"]
-    for name in ("msg_id", "queue", "consumer"):
+    for name in ("msg_id", "queue", "consumer") + (("process",) if "process" in df.columns else ()):
         out[name] = pd.Categorical(out[name], categories=df[name].cat.categories)
     out["outcome"] = pd.Categorical(out["outcome"], categories=["ack", "nack", "returned"])
     out["worker"] = out["worker"].astype("Int16")
     out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
     return out[cols].reset_index(drop=True)
+
+
+def _arrivals(df: pd.DataFrame, msg: np.ndarray, event: np.ndarray, t: np.ndarray) -> pd.Series:
+    """Message code → its first ``publish_wait`` or ``publish`` time (its arrival)."""
+    first = np.isin(event, ("publish", "publish_wait"))
+    return pd.Series(t[first]).groupby(msg[first]).min()
 
 
 def pick_consumer(tl: Timeline, consumer: str | None) -> str | None:
@@ -122,8 +148,63 @@ def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) 
     return out
 
 
-def summary(tl: Timeline) -> pd.Series:
-    """Counts, throughput, latency percentiles, waits, utilisation and peaks of a run."""
+#: The summary's counts: shown as integers.
+COUNT_KEYS = frozenset({"published", "delivered", "acked", "nacked", "requeued", "dead_lettered",
+                        "max_depth", "max_buffered", "max_busy", "max_unsettled", "publish_waits"})
+
+
+def format_seconds(v: float) -> str:
+    """A duration with its unit, 4 significant digits: ``1.25 s``, ``48.3 ms``, ``12 µs``."""
+    if v is None or not np.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a == 0 or a >= 1:
+        return f"{v:.4g} s"
+    if a >= 1e-3:
+        return f"{v * 1e3:.4g} ms"
+    return f"{v * 1e6:.4g} µs"
+
+
+def _format_value(key: str, v: object) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    f = float(v)  # type: ignore[arg-type]
+    if key in COUNT_KEYS:
+        return f"{int(round(f)):,}"
+    if key.endswith("_per_s"):
+        return f"{f:.4g} /s"
+    if key.endswith("_s"):
+        return format_seconds(f)
+    return f"{f:.3g}"
+
+
+class Summary(pd.Series):
+    """:func:`summary`'s result: a float Series (index it, round it, put several in a
+    DataFrame) that prints counts as integers and durations with their unit."""
+
+    @property
+    def _constructor(self) -> type[Summary]:
+        return Summary
+
+    def to_text(self) -> str:
+        """One ``key  value`` line each, as ``print(summary)`` shows it."""
+        width = max((len(str(k)) for k in self.index), default=0)
+        return "\n".join(f"{str(k):<{width}}  {_format_value(str(k), v):>12}" for k, v in self.items())
+
+    def __repr__(self) -> str:
+        if self.ndim != 1 or not self.index.map(lambda k: isinstance(k, str)).all():
+            return super().__repr__()
+        return self.to_text()
+
+
+def summary(tl: Timeline) -> Summary:
+    """Counts, throughput, latency percentiles, waits, utilisation and peaks of a run.
+
+    Latency (``latency_*``) runs from a message's publish to its ack; ``arrival_latency_*``
+    from its arrival (:func:`messages`' ``t_arrival``: earlier when a blocked publisher
+    waited with it). Counts are whole numbers; the names say each figure's unit (``_s``
+    seconds, ``_per_s`` per second, ``utilisation`` 0 to 1).
+    """
     df = tl.df
     ev = df["event"]
     counts = ev.value_counts()
@@ -131,9 +212,12 @@ def summary(tl: Timeline) -> pd.Series:
     t = df["t"]
     duration = float(t.max() - t.min()) if len(df) else 0.0
     m = tl.messages()
-    first_ready = df[ev == "publish"].groupby("msg_id", observed=True)["t"].min()
+    # latency from publish; a message published by another process, from its first deliver
+    first_ready = df[ev.isin(("publish", "deliver"))].groupby("msg_id", observed=True)["t"].min()
     acked_at = df[ev == "ack"].groupby("msg_id", observed=True)["t"].max()
     latency = (acked_at - first_ready.reindex(acked_at.index)).dropna()
+    arrived = df[ev.isin(["publish", "publish_wait"])].groupby("msg_id", observed=True)["t"].min()
+    from_arrival = (acked_at - arrived.reindex(acked_at.index)).dropna()
     capacity = sum(c.concurrency for c in tl.consumers.values()) or np.nan
     busy_time = float(m["service"].sum()) if len(m) else 0.0
     waits = df[ev == "publish_wait"]
@@ -147,7 +231,7 @@ def summary(tl: Timeline) -> pd.Series:
         return float(s.quantile(q)) if len(s) else float("nan")
 
     g = df[["depth", "buffered", "busy", "unsettled"]]
-    return pd.Series(
+    return Summary(
         {
             "published": n["publish"],
             "delivered": n["deliver"],
@@ -161,6 +245,8 @@ def summary(tl: Timeline) -> pd.Series:
             "latency_p50_s": pct(latency, 0.5),
             "latency_p90_s": pct(latency, 0.9),
             "latency_p99_s": pct(latency, 0.99),
+            "arrival_latency_mean_s": float(from_arrival.mean()) if len(from_arrival) else float("nan"),
+            "arrival_latency_p99_s": pct(from_arrival, 0.99),
             "queue_wait_mean_s": float(m["queue_wait"].mean()) if len(m) else float("nan"),
             "buffer_wait_mean_s": float(m["buffer_wait"].mean()) if len(m) else float("nan"),
             "service_mean_s": float(m["service"].mean()) if len(m) else float("nan"),
@@ -172,5 +258,5 @@ def summary(tl: Timeline) -> pd.Series:
             "publish_waits": n["publish_wait"],
             "publish_wait_total_s": publish_wait_total,
         },
-        name="summary",
+        name="summary", dtype=float,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,23 @@ class DriverEntry:
 
 @dataclass(frozen=True)
 class QueueEntry:
+    """``max_length`` is ``None`` (no cap) on a broker queue whose entry sets none: the
+    memory driver's default of 1000 is filled in by :meth:`Registry.check` for memory only.
+    ``queue_name`` is the broker's name ("" = the entry's name part, as Wippy)."""
+
     id: str
     driver: str
-    max_length: int
+    max_length: int | None
     dead_letter: str | None
     max_attempts: int | None
     options: dict[str, Any]
     file: str
+    queue_name: str = ""
+    driver_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def broker_name(self) -> str:
+        return self.queue_name or split_id(self.id)[1]
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class ConsumerEntry:
     timeout: float | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     file: str = "<code>"
+    auto_ack: bool = False
+    driver_options: dict[str, Any] = field(default_factory=dict)
 
 
 Entry = DriverEntry | QueueEntry | ConsumerEntry | FunctionSpec
@@ -170,6 +182,17 @@ class _EntryReader:
         )
 
 
+#: Keys of a driver entry that are not driver options.
+_DRIVER_RESERVED = frozenset({"name", "kind", "lifecycle", "meta", "options"})
+
+#: Per-driver-kind validators ("module:function"), imported by :meth:`Registry.check` only
+#: when an app uses that kind. Each is called as ``fn(entry, driver)`` for the driver
+#: entry itself and for every queue and consumer on it, and raises ConfigError.
+ENTRY_VALIDATORS: dict[str, str] = {
+    "queue.driver.amqp": "wqnb.drivers.amqp_config:validate_amqp_entry",
+}
+
+
 def qualify(ref: str, namespace: str) -> str:
     """A bare name gets the referring entry's namespace."""
     return ref if ":" in ref else f"{namespace}:{ref}"
@@ -178,7 +201,10 @@ def qualify(ref: str, namespace: str) -> str:
 def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
     raw = r.raw
     if kind in DRIVER_KINDS:
-        return DriverEntry(r.id, kind, r.mapping("options", raw.get("options")), r.lifecycle(), r.file)
+        # Wippy writes broker fields (url, vhost, tls, ...) at the entry's top level; wqnb
+        # also accepts them under options:. The top level wins where both are given.
+        top = {k: v for k, v in raw.items() if k not in _DRIVER_RESERVED}
+        return DriverEntry(r.id, kind, {**r.mapping("options", raw.get("options")), **top}, r.lifecycle(), r.file)
     if kind == "queue.queue":
         driver = r.ref("driver", "driver ID is required")
         options = r.mapping("options", raw.get("options"))
@@ -186,7 +212,11 @@ def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
         memory_opts = r.mapping("driver_options.memory", driver_options.get("memory"))
         raw_len = options.get("max_length", memory_opts.get("max_length"))
         key = "options.max_length" if "max_length" in options else "driver_options.memory.max_length"
-        max_length = r.integer(key, MAX_LENGTH_DEFAULT, None, raw=raw_len) if raw_len is not None else MAX_LENGTH_DEFAULT
+        # None until check() knows the driver: memory then takes its default of 1000.
+        max_length = r.integer(key, MAX_LENGTH_DEFAULT, None, raw=raw_len) if raw_len is not None else None
+        queue_name = raw.get("queue_name") or ""
+        if not isinstance(queue_name, str):
+            raise r.error(f"queue_name must be a string, got {queue_name!r}", "queue_name")
         dl = r.mapping("dead_letter", raw.get("dead_letter"))
         dead_letter = max_attempts = None
         if dl:
@@ -194,10 +224,14 @@ def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
             max_attempts = r.integer("dead_letter.max_attempts", MAX_ATTEMPTS_DEFAULT, None, raw=dl.get("max_attempts"))
             if dead_letter == r.id:
                 raise r.error("a queue cannot dead-letter into itself", "dead_letter.queue")
-        return QueueEntry(r.id, driver, max_length, dead_letter, max_attempts, options, r.file)
+        return QueueEntry(r.id, driver, max_length, dead_letter, max_attempts, options, r.file,
+                          queue_name.strip(), driver_options)
     if kind == "queue.consumer":
         queue = r.ref("queue", "queue ID is required")
         func = r.ref("func", "function ID is required")
+        auto_ack = raw.get("auto_ack", False)
+        if not isinstance(auto_ack, bool):
+            raise r.error(f"auto_ack must be true or false, got {auto_ack!r}", "auto_ack")
         return ConsumerEntry(
             id=r.id,
             queue=queue,
@@ -208,6 +242,8 @@ def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
             timeout=r.duration("timeout", raw.get("timeout"), None) or None,
             lifecycle=r.lifecycle(),
             file=r.file,
+            auto_ack=auto_ack,
+            driver_options=r.mapping("driver_options", raw.get("driver_options")),
         )
     if kind in FUNCTION_KINDS:
         return _parse_function(r, kind, base_dir)
@@ -364,6 +400,7 @@ class Registry:
             self._expect(q.id, q.file, "driver", q.driver, DriverEntry, "driver not found")
             if q.dead_letter:
                 self._expect(q.id, q.file, "dead_letter.queue", q.dead_letter, QueueEntry, "queue not found")
+        self._fill_queue_defaults()
         for c in self.consumers:
             self._expect(c.id, c.file, "queue", c.queue, QueueEntry, "queue not found")
             target = self.entries.get(c.func)
@@ -378,7 +415,57 @@ class Registry:
                     raise ConfigError(
                         f"depends on {dep}, which is not defined", file=e.file, entry=e.id, field="lifecycle.depends_on"
                     )
+        self._run_validators()
         self.start_order()
+
+    def _fill_queue_defaults(self) -> None:
+        """Memory queues without ``max_length`` get 1000; two queues naming one broker
+        queue on one (non-memory) driver are an error naming both."""
+        seen: dict[tuple[str, str], QueueEntry] = {}
+        for q in self.queues:
+            driver = self.entries[q.driver]
+            is_memory = getattr(driver, "kind", "") == "queue.driver.memory"
+            if q.max_length is None and is_memory:
+                q = self.entries[q.id] = replace(q, max_length=MAX_LENGTH_DEFAULT)
+            if is_memory:
+                continue
+            key = (q.driver, q.broker_name)
+            other = seen.setdefault(key, q)
+            if other is not q:
+                raise ConfigError(
+                    f"queues {other.id} and {q.id} both map to broker queue {q.broker_name!r} on driver {q.driver}",
+                    file=q.file, entry=q.id, field="queue_name",
+                )
+
+    def _run_validators(self) -> None:
+        """The per-kind validators of :data:`ENTRY_VALIDATORS` (imported on demand)."""
+        import importlib
+
+        cache: dict[str, Any] = {}
+
+        def validator(driver_id: str) -> tuple[Any, DriverEntry] | None:
+            d = self.entries.get(driver_id)
+            target = ENTRY_VALIDATORS.get(getattr(d, "kind", ""))
+            if target is None or not isinstance(d, DriverEntry):
+                return None
+            if target not in cache:
+                module, _, attr = target.partition(":")
+                cache[target] = getattr(importlib.import_module(module), attr)
+            return cache[target], d
+
+        for e in self.entries.values():
+            if isinstance(e, DriverEntry):
+                found = validator(e.id)
+            elif isinstance(e, QueueEntry):
+                found = validator(e.driver)
+            elif isinstance(e, ConsumerEntry):
+                q = self.entries.get(e.queue)
+                found = validator(q.driver) if isinstance(q, QueueEntry) else None
+            else:
+                found = None
+            if found is not None:
+                fn, d = found
+                fn(e, d)
 
     def _expect(self, entry_id: str, file: str, field_name: str, ref: str, cls: type, text: str) -> None:
         target = self.entries.get(ref)

@@ -4,6 +4,8 @@
 #   ensure_venv EXTRAS    create .venv if missing; pip-install -e ".[EXTRAS]" unless a stamp says
 #                         that is already done for the current pyproject.toml
 #   ensure_chromium       find Chromium; as root, apt-get install Debian's package if missing
+#   ensure_broker_servers as root, apt-get install Debian's rabbitmq-server and redis-server if
+#                         missing (tests/servers.py starts them; tests skip without them)
 #
 # Environment knobs:
 #   PYTHON=/path/to/python3.X   the interpreter that creates the venv (default: first python3 >= 3.11)
@@ -80,6 +82,15 @@ ensure_venv() {
   printf '%s\n' ${all//,/ } >"$WQNB_STAMP"
 }
 
+# apt_update_once WHY: `apt-get update` the first time a script needs a package (WHY says for what).
+WQNB_APT_UPDATED=""
+apt_update_once() {
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$WQNB_APT_UPDATED" ] && return 0
+  apt-get update -qq || die "apt-get update failed (needed to install $1)"
+  WQNB_APT_UPDATED=1
+}
+
 # Print the path of a Chromium binary, or fail.
 chromium_path() {
   local c
@@ -99,8 +110,7 @@ ensure_chromium() {
   fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "Chromium not found: installing Debian's chromium for the browser tests"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed (needed to install chromium for the browser tests)"
+    apt_update_once "chromium for the browser tests"
     apt-get install -y -qq chromium fonts-dejavu-core >/dev/null ||
       die "apt-get install chromium fonts-dejavu-core failed (see apt's message above)"
     path=$(chromium_path) || die "apt-get installed chromium, but no chromium binary is on PATH"
@@ -111,5 +121,27 @@ ensure_chromium() {
     die "Chromium is missing and this is not root with apt-get, so it cannot be installed; CI needs it for the browser tests"
   fi
   warn "Chromium not found and not root: browser tests will be skipped (install: sudo apt-get install chromium fonts-dejavu-core)"
+  return 0
+}
+
+# The broker tests run Debian's servers as throwaway processes (tests/servers.py); the packages'
+# own services are not started (policy-rc.d) and not used. Not root: warn, the tests skip.
+ensure_broker_servers() {
+  local missing=()
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 ||
+    missing+=(rabbitmq-server)
+  command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's ${missing[*]} for the broker tests"
+    apt_update_once "${missing[*]} for the broker tests"
+    apt-get install -y -qq "${missing[@]}" >/dev/null ||
+      die "apt-get install ${missing[*]} failed (see apt's message above)"
+    return 0
+  fi
+  if [ -n "${CI:-}" ]; then
+    die "${missing[*]} missing and this is not root with apt-get, so it cannot be installed; CI needs it for the broker tests"
+  fi
+  warn "${missing[*]} not found and not root: their broker tests will be skipped (install: sudo apt-get install ${missing[*]})"
   return 0
 }

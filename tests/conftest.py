@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import MotoServer, RabbitMQServer, RedisServer, Server
 
 # Tests draw figures without a screen; set before anything imports matplotlib.
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -56,3 +58,71 @@ def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- broker servers: scripts/test starts them (tests/servers.py) and exports their URLs ------
+
+# fixture -> the marker its tests get (so `-m "not amqp"` deselects them)
+_BROKER_FIXTURES = {"amqp_url": "amqp", "private_rabbitmq": "amqp", "redis_url": "redis",
+                    "private_redis": "redis", "sqs_endpoint": "sqs"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & _BROKER_FIXTURES.keys():
+            item.add_marker(_BROKER_FIXTURES[fixture])
+
+
+def _missing(msg: str) -> None:
+    """Skip, except under CI, where scripts/test provides every server: there it fails."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def _server_url(var: str, what: str) -> str:
+    url = os.environ.get(var)
+    if not url:
+        _missing(f"set {var} to {what} on loopback (scripts/test starts one)")
+    return url  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The shared RabbitMQ's URL (guest on loopback); tests use their own queue names."""
+    return _server_url(RabbitMQServer.env_var, "a RabbitMQ")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The shared Redis's URL (AOF on); tests use their own keys."""
+    return _server_url(RedisServer.env_var, "a Redis")
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> str:
+    """The shared SQS endpoint (moto's server); tests use their own queue names."""
+    return _server_url(MotoServer.env_var, "an SQS endpoint (moto's server)")
+
+
+def _private(cls: type[Server], root: Path) -> Iterator[Server]:
+    if not cls.available():
+        _missing(f"{cls.missing_message()}: tests that kill the broker start their own")
+    server = cls(root=root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQServer]:
+    """A RabbitMQ of this test's own (~4 s to start), for tests that kill or restart it."""
+    yield from _private(RabbitMQServer, tmp_path / "rabbitmq")  # type: ignore[misc]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (AOF on, data in tmp_path), for tests that kill it."""
+    yield from _private(RedisServer, tmp_path / "redis")  # type: ignore[misc]

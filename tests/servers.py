@@ -72,13 +72,25 @@ class Proc:
         return cls(pid, st[19] if st else 0)
 
     def alive(self) -> bool:
-        """Running, not a zombie, and still the process we started."""
+        """Still the process we started, and not yet fully exited: a zombie leader whose other
+        threads are still exiting counts as alive (they may hold its sockets a moment)."""
+        popen = _POPENS.get(self.pid)
+        if popen is not None:  # our child: waitpid is the one exact answer
+            if popen.poll() is None:
+                return True
+            del _POPENS[self.pid]
+            return False
         st = _stat(self.pid)
         if st is None:
             return False
         if self.start_ticks and st[19] != self.start_ticks:
             return False
-        return st[0] not in ("Z", "X")
+        if st[0] in ("Z", "X"):
+            try:
+                return len(os.listdir(f"/proc/{self.pid}/task")) > 1
+            except OSError:
+                return False
+        return True
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -86,6 +98,10 @@ class Proc:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+# The Popen of every process this process started and has not yet seen exit.
+_POPENS: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _stat(pid: int) -> list[Any] | None:
@@ -132,14 +148,10 @@ def end(procs: list[Proc], timeout: float) -> None:
 
 
 def _reap() -> None:
-    """Collect exited children of this process, so they do not linger as zombies."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    """Collect this process's exited server children, so they do not linger as zombies."""
+    for pid in list(_POPENS):
+        if _POPENS[pid].poll() is not None:
+            del _POPENS[pid]
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
@@ -148,6 +160,7 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
+    _POPENS[popen.pid] = popen
     return Proc.of(popen.pid)
 
 
@@ -156,6 +169,34 @@ def _connect(port: int, timeout: float = 1.0) -> socket.socket | None:
         return socket.create_connection((HOST, port), timeout=timeout)
     except OSError:
         return None
+
+
+def amqp_answers(port: int) -> bool:
+    """An AMQP 0-9-1 protocol header answered by a Connection.Start frame (type 1)."""
+    s = _connect(port)
+    if s is None:
+        return False
+    try:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        return s.recv(1) == b"\x01"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def redis_answers(port: int) -> bool:
+    """PING answered by +PONG (a server still loading its AOF answers -LOADING)."""
+    s = _connect(port)
+    if s is None:
+        return False
+    try:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        return s.recv(7).startswith(b"+PONG")
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 # --- the servers --------------------------------------------------------------------------
@@ -286,7 +327,8 @@ class Server:
         except OSError:
             return "(no log)"
 
-    def missing_message(self) -> str:
+    @classmethod
+    def missing_message(cls) -> str:
         return f"{self.kind} server not installed"
 
     # state for the CLI: the stop command runs in another process
@@ -339,7 +381,8 @@ class RabbitMQServer(Server):
         return shutil.which("epmd") or next(
             (p for p in ("/usr/lib/erlang/bin/epmd",) if os.access(p, os.X_OK)), None)
 
-    def missing_message(self) -> str:
+    @classmethod
+    def missing_message(cls) -> str:
         return "rabbitmq-server not found (apt-get install rabbitmq-server)"
 
     @property
@@ -421,17 +464,7 @@ class RabbitMQServer(Server):
         return self._answers()
 
     def _answers(self) -> bool:
-        """An AMQP 0-9-1 protocol header answered by a Connection.Start frame (type 1)."""
-        s = _connect(self.port)
-        if s is None:
-            return False
-        try:
-            s.sendall(b"AMQP\x00\x00\x09\x01")
-            return s.recv(1) == b"\x01"
-        except OSError:
-            return False
-        finally:
-            s.close()
+        return amqp_answers(self.port)
 
     def _server_procs(self) -> list[Proc]:
         beam = self._beam()
@@ -460,7 +493,8 @@ class RedisServer(Server):
         return shutil.which("redis-server") or next(
             (p for p in ("/usr/bin/redis-server",) if os.access(p, os.X_OK)), None)
 
-    def missing_message(self) -> str:
+    @classmethod
+    def missing_message(cls) -> str:
         return "redis-server not found (apt-get install redis-server)"
 
     @property
@@ -476,17 +510,7 @@ class RedisServer(Server):
         self.procs.append(_spawn(argv, dict(os.environ), self.log, self.root))
 
     def _answers(self) -> bool:
-        """PING answered by +PONG (a server still loading its AOF answers -LOADING)."""
-        s = _connect(self.port)
-        if s is None:
-            return False
-        try:
-            s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(7).startswith(b"+PONG")
-        except OSError:
-            return False
-        finally:
-            s.close()
+        return redis_answers(self.port)
 
 
 class MotoServer(Server):
@@ -507,7 +531,8 @@ class MotoServer(Server):
         probe = subprocess.run([py, "-c", "import moto.server"], capture_output=True)
         return py if probe.returncode == 0 else None
 
-    def missing_message(self) -> str:
+    @classmethod
+    def missing_message(cls) -> str:
         return f"moto's server not importable by {sys.executable} (pip install 'moto[server]')"
 
     @property

@@ -3,6 +3,8 @@
     wqnb run app.yaml --publish app.queue:tasks '{"id": 1}' -n 100 -o timeline.csv
     wqnb simulate --concurrency 4 --prefetch 10 --messages 1000 --plot sim.png
     wqnb demo -o demo.png
+    wqnb worker app.yaml --consumers app.queue:task_consumer --name w1 -o w1.parquet
+    wqnb merge pub.parquet w1.parquet w2.parquet -o all.parquet
 
 Bad input ends with one line on stderr naming what is wrong (file, entry, field, Lua
 line, option) and exit status 2, before anything runs where it can be known before; a
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the backpressure experiment, drawn to a PNG (no browser needed)")
     demo.add_argument("-o", "--output", type=Path, default=Path("demo.png"))
+    _worker_parsers(sub)
     return p
 
 
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             _report(tl, args)
         elif args.command == "demo":
             return _demo(args.output)
+        elif args.command in ("worker", "merge"):
+            return _worker(args) if args.command == "worker" else _merge(args)
     except BrokenPipeError:  # `wqnb simulate | head`
         return 0
     except (WqnbError, ValueError, TypeError, OSError) as e:
@@ -274,6 +279,64 @@ def _demo(output: Path) -> int:
     print(f"backpressure demo: {int(s['published'])} messages, {int(s['publish_waits'])} publisher waits, "
           f"max depth {int(s['max_depth'])}/50, max unsettled {int(s['max_unsettled'])} (prefetch 5 + concurrency 2)")
     print(f"figure: {output.resolve()}")
+    return 0
+
+
+def _worker_parsers(sub: Any) -> None:
+    """``wqnb worker`` and ``wqnb merge``: several processes on one broker (issue 9 §4)."""
+    w = sub.add_parser("worker", help="run an app's consumers (no publishing) until SIGINT/SIGTERM, "
+                                      "then stop gracefully and write the timeline")
+    w.add_argument("app", nargs="+", type=Path, help="YAML files or folders")
+    w.add_argument("--consumers", type=_id_list, default=[], metavar="ID,...",
+                   help="the consumers to run (default: the app's auto_start ones)")
+    w.add_argument("--name", help="this process's name in merged timelines (default: host:pid)")
+    w.add_argument("--handler", action="append", default=[], metavar="FUNC=MODULE:ATTR",
+                   help="use a Python callable for a function id")
+    w.add_argument("--checkpoint", type=_seconds, default=None, metavar="SECONDS",
+                   help="also rewrite -o every SECONDS (a worker killed with -9 leaves its timeline so far)")
+    w.add_argument("-o", "--output", type=Path, help="write the timeline (.csv or .parquet)")
+    w.set_defaults(plot=None)
+    m = sub.add_parser("merge", help="join the timelines of several processes into one (by msg_id, on one t)")
+    m.add_argument("inputs", nargs="+", type=Path, metavar="TIMELINE", help=".parquet or .csv files")
+    m.add_argument("-o", "--output", type=Path, required=True, help="the merged timeline (.csv or .parquet)")
+    m.add_argument("--plot", type=Path, help="write the overview figure of the first consumer")
+
+
+def _id_list(text: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",")]
+    if not all(ids):
+        raise argparse.ArgumentTypeError(f"expected ID,ID,... without empty names, got {text!r}")
+    return ids
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .worker import WorkerOptions, one_line, print_ready, run_worker, save_atomically
+
+    if args.checkpoint is not None and args.output is None:
+        raise ValueError("--checkpoint needs -o (the file it rewrites)")
+    opts = WorkerOptions(app=args.app, consumers=args.consumers, output=args.output, name=args.name,
+                         handlers=args.handler, checkpoint=args.checkpoint)
+    result = asyncio.run(run_worker(opts, started=print_ready))
+    line = one_line(result.timeline)
+    if args.output is not None:
+        line += f"; timeline: {save_atomically(result.timeline, args.output)}"
+    print(line)
+    for problem in result.problems:
+        print(f"wqnb: {problem}", file=sys.stderr)
+    return 1 if result.problems else 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .timeline import Timeline
+
+    tl = Timeline.merge(args.inputs)
+    procs = tl.df["process"].cat.categories if "process" in tl.df.columns else []
+    s = tl.summary()
+    print(f"merged {len(args.inputs)} timelines ({', '.join(map(str, procs))}): {len(tl)} events, "
+          f"{tl.df['msg_id'].nunique()} messages, {int(s['acked'])} acked; timeline: {tl.save(args.output)}")
+    if args.plot:
+        _figure(tl, args.plot)
+        print(f"figure: {args.plot}")
     return 0
 
 

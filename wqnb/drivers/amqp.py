@@ -139,6 +139,7 @@ class AmqpDriver(Driver):
         self._conn: Any = None
         self._pub: Any = None  # aiormq channel in confirm mode
         self._ctl: Any = None  # aio_pika channel for declares and passive declares
+        self._ctl_raw: Any = None  # its aiormq channel
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._closing = False
@@ -187,7 +188,7 @@ class AmqpDriver(Driver):
             pub = await conn.channel(publisher_confirms=True, on_return_raises=False)
             ctl = await conn.channel(publisher_confirms=False)
             self._pub = await pub.get_underlay_channel()
-            self._ctl = ctl
+            self._ctl, self._ctl_raw = ctl, await ctl.get_underlay_channel()
             self._conn = conn
             for state in self._queues.values():
                 state.declared = False
@@ -255,7 +256,7 @@ class AmqpDriver(Driver):
                 await self._conn.close()
             except Exception:  # already gone
                 pass
-        self._conn = self._pub = self._ctl = None
+        self._conn = self._pub = self._ctl = self._ctl_raw = None
         self._connected.clear()
         self._lost.clear()
         if undelivered:
@@ -328,17 +329,22 @@ class AmqpDriver(Driver):
     async def _declare_on_broker(self, state: _QueueState) -> None:
         o = state.opts
         try:
-            ok = await self._ctl.channel.queue_declare(
+            ok = await self._ctl_raw.queue_declare(
                 state.name, durable=o.durable, auto_delete=o.auto_delete,
                 arguments=state.arguments or None)
         except aiormq.exceptions.ChannelPreconditionFailed as e:
-            self._ctl = await self._conn.channel(publisher_confirms=False)
+            await self._reopen_ctl()
             raise ConfigError(
                 f"broker queue {state.name!r} exists with other arguments than this entry asks "
                 f"for ({_reason(e, self.config.url)}); delete the queue or match them",
                 entry=state.spec.id, field="driver_options.amqp",
             ) from None
         state.ready, state.delta, state.declared = ok.message_count, 0, True
+
+    async def _reopen_ctl(self) -> None:
+        """A failed (passive) declare closes its channel: open another."""
+        self._ctl = await self._conn.channel(publisher_confirms=False)
+        self._ctl_raw = await self._ctl.get_underlay_channel()
 
     def has_queue(self, queue_id: str) -> bool:
         return queue_id in self._queues
@@ -792,11 +798,11 @@ class AmqpDriver(Driver):
 
     async def _passive(self, state: _QueueState) -> Any:
         try:
-            return await self._ctl.channel.queue_declare(state.name, passive=True)
+            return await self._ctl_raw.queue_declare(state.name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
-            self._ctl = await self._conn.channel(publisher_confirms=False)
+            await self._reopen_ctl()
             await self._redeclare(state)
-            return await self._ctl.channel.queue_declare(state.name, passive=True)
+            return await self._ctl_raw.queue_declare(state.name, passive=True)
 
     async def _refresh_depths(self) -> None:
         while True:

@@ -144,12 +144,12 @@ def line(ax, label):
 
 def test_gauges_draw_every_gauge_and_its_limit(tl):
     ax = plot.gauges(tl)
-    assert labels_of(ax) == [
+    assert set(labels_of(ax)) == {
         "queue depth (ready)", "max_length = 3",
         "buffered (prefetched, not started)", "prefetch = 1",
         "busy workers", "concurrency = 2",
         "unsettled (delivered, not acked)", "prefetch + concurrency = 3",
-    ]
+    }
     assert line(ax, "concurrency = 2").get_ydata()[0] == 2
     busy = line(ax, "busy workers")
     assert busy.get_drawstyle() == "steps-post"
@@ -211,7 +211,7 @@ def test_sweep_heatmap_cells_and_annotations():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "100"]
     assert "50" in [t.get_text() for t in ax.texts]
     assert ax.get_xlabel() == "prefetch" and ax.get_ylabel() == "concurrency"
-    assert ax.figure.axes[-1].get_ylabel() == "throughput (msg/s)"
+    assert ax.figure.axes[-1].get_ylabel() == "throughput (msg/s) (higher is better)"
 
 
 def test_sweep_lines_one_per_concurrency():
@@ -265,3 +265,122 @@ def test_real_run_with_failures_marks_every_dead_letter():
     g = plot.gauges(tl)
     busy = line(g, "busy workers").get_ydata()
     assert np.nanmax(busy) == 3  # saturated, never above concurrency
+
+
+# -- reading at a glance (issue 13 §1) ------------------------------------------------------
+
+
+def _bbox_overlap(a, b) -> bool:
+    return a.x0 < b.x1 - 0.5 and b.x0 < a.x1 - 0.5 and a.y0 < b.y1 - 0.5 and b.y0 < a.y1 - 0.5
+
+
+def test_axis_scales_to_the_data_and_names_a_far_limit():
+    # prefetch 800 on a consumer that is never overloaded: the values stay around 10
+    run = wqnb_simulate(concurrency=4, prefetch=800, messages=400, arrival_rate=60.0,
+                        service_time=0.05, seed=1)
+    ax = plot.gauges(run, which=("buffered", "busy", "unsettled"))
+    top = max(np.nanmax(ln.get_ydata()) for ln in ax.get_lines() if ln.get_gid()
+              and ln.get_gid().startswith("gauge:"))
+    assert top < 50
+    assert ax.get_ylim()[1] < 2 * max(top, 4)  # the data's scale, not the limit's (804)
+    assert plot.far_limits(ax) == ["prefetch = 800 ↑", "prefetch + concurrency = 804 ↑"]
+    assert "prefetch = 800" not in labels_of(ax)  # not drawn as a line far off the scale
+    assert "concurrency = 4" in labels_of(ax)     # a near limit still is
+
+
+def test_buffered_and_unsettled_have_distinct_styles(tl):
+    ax = plot.gauges(tl)
+    by = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
+    buf, uns = by["gauge:buffered"], by["gauge:unsettled"]
+    assert uns.get_linewidth() >= 3 * buf.get_linewidth()  # a wide band under a thin line
+    assert uns.get_alpha() < 0.5 and buf.get_alpha() in (None, 1)
+    assert uns.get_zorder() < buf.get_zorder()  # drawn first: the thin line stays on top
+
+
+def test_legends_never_cover_data():
+    run = wqnb_simulate(concurrency=4, prefetch=10, messages=300, arrival_rate=150.0,
+                        failure_rate=0.2, max_attempts=3, max_length=30, seed=2)
+    fig = plot.overview(run)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked = 0
+    for ax in fig.axes[:3]:  # the Gantt and the two gauge panels
+        legend = ax.get_legend()
+        assert legend is not None
+        assert not _bbox_overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
+        checked += 1
+    assert checked == 3
+    ax = plot.gantt(run)
+    ax.figure.canvas.draw()
+    r = ax.figure.canvas.get_renderer()
+    assert not _bbox_overlap(ax.get_legend().get_window_extent(r), ax.get_window_extent(r))
+
+
+def test_dead_letter_mark_is_large_and_above_the_bars(tl):
+    ax = plot.gantt(tl)
+    (mark,) = [c for c in ax.collections if c.get_gid() == "dead-letters"]
+    bars_z = max(c.get_zorder() for c in ax.collections if isinstance(c, PolyCollection))
+    assert mark.get_zorder() > bars_z
+    assert mark.get_sizes()[0] >= 80
+    assert matplotlib.colors.to_hex(mark.get_edgecolor()[0]) == "#ffffff"  # seen on any bar
+
+
+def test_highlight_follows_one_message_across_lanes(tl):
+    ax = plot.gantt(tl, highlight="m2")
+    (ring,) = [c for c in ax.collections if c.get_gid() == "highlight"]
+    spans = sorted((round(p.vertices[:, 0].min(), 6),
+                    round((p.vertices[:, 1].min() + p.vertices[:, 1].max()) / 2, 6))
+                   for p in ring.get_paths())
+    assert spans == [(0.1, 1.0), (0.5, 0.0)]  # attempt 1 on worker 1, attempt 2 on worker 0
+    (path,) = [ln for ln in ax.get_lines() if ln.get_gid() == "highlight-path"]
+    assert list(path.get_xdata()) == [0.4, 0.5] and list(path.get_ydata()) == [1.0, 0.0]
+    # few bars: each is labelled with its message
+    assert sorted(t.get_text() for t in ax.texts if t.get_gid() == "bar-label") == [
+        "m1", "m2", "m2", "m3", "m4"]
+    with pytest.raises(ValueError, match="highlight"):
+        plot.gantt(tl, highlight="nope")
+
+
+def test_short_ids_number_the_runtime_ids():
+    assert plot.short_id("60800834-baa3-47a8-83f6-000000000011") == "#17"
+    assert plot.short_id("m2") == "m2"
+
+
+def test_heatmaps_of_opposite_meaning_use_opposite_scales_and_log_when_spanning_decades():
+    results = SWEEP.assign(latency_p99_s=[10.0 ** -k for k in range(9)])
+    fig = plot.sweep(results, ("throughput_per_s", "latency_p99_s"))
+    heat = [ax for ax in fig.axes if ax.images]
+    thr, lat = (ax.images[0] for ax in heat)
+    assert thr.get_cmap().name == "viridis" and lat.get_cmap().name == "magma_r"
+    # yellow means good on both: high throughput, low latency
+    assert thr.cmap(thr.norm(thr.get_array().max()))[0] > 0.9
+    assert lat.cmap(lat.norm(lat.get_array().min()))[0] > 0.9
+    assert isinstance(lat.norm, matplotlib.colors.LogNorm)
+    assert not isinstance(thr.norm, matplotlib.colors.LogNorm)
+    lines_ax = [ax for ax in fig.axes if not ax.images and ax.get_lines()]
+    assert [ax.get_yscale() for ax in lines_ax] == ["linear", "log"]
+
+
+def test_rabbitmq_ready_unacked_stack_and_rates(tl):
+    s = plot.ready_unacked_series(tl)
+    g = tl.gauges()
+    assert s["ready"].tolist() == g["depth"].tolist()
+    assert s["unacked"].tolist() == g["unsettled"].tolist()
+    r = plot.rates_series(tl, bin=0.5)
+    width = r.attrs["bin"]
+    assert width == 0.5 and r["t"].tolist() == [0.0, 0.5]
+    assert (r["publish"] * width).sum() == 4 and (r["ack"] * width).sum() == 3
+    assert (r["redeliver"] * width).sum() == 1 and (r["nack"] * width).sum() == 2
+    fig = plot.rabbitmq(tl, bin=0.5)
+    ax_q, ax_r = fig.axes
+    assert {c.get_gid() for c in ax_q.collections} >= {"stack:ready", "stack:unacked"}
+    assert {ln.get_gid() for ln in ax_r.get_lines()} >= {"rate:publish", "rate:deliver", "rate:ack"}
+    assert ax_r.get_ylabel() == "messages/s (per 0.5 s)"
+    with pytest.raises(ValueError, match="unknown queue"):
+        plot.rabbitmq(tl, "nope")
+
+
+def wqnb_simulate(**kwargs):
+    import wqnb
+
+    return wqnb.simulate(**kwargs)

@@ -4,6 +4,7 @@ simulated, summarised and drawn."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 
 import pytest
@@ -90,7 +91,7 @@ def test_moving_concurrency_resimulates_and_redraws(spy):
     # 300 messages of 10 ms, all at t = 0: 8 workers finish 8x sooner
     assert ex.summary["duration_s"] == pytest.approx(300 * 0.01 / 8, rel=0.02)
     assert ex.image.value != png and ex.table.value != table
-    assert "concurrency = 8" in lines(ex.figure)
+    assert "concurrency 8" in lines(ex.figure)
     assert any("concurrency 8, prefetch 1" in t for t in titles(ex.figure))
 
 
@@ -120,7 +121,7 @@ def test_explorer_shows_backpressure_when_the_queue_is_small(spy):
                   service_time=0.01, distribution="constant", simulate=spy)
     assert ex.summary["publish_waits"] > 0
     assert ex.summary["max_depth"] <= 5
-    assert "max_length = 5" in lines(ex.figure)
+    assert "max_length 5" in lines(ex.figure)
     shaded = [c for ax in ex.figure.axes for c in ax.collections
               if c.get_label() == "publisher waiting"]
     assert len(shaded) == 1
@@ -157,9 +158,14 @@ def test_explorer_redraws_10000_messages():
 
 def test_explorer_mimebundle_has_a_stable_text_repr():
     ex = Explorer(messages=50)
-    bundle = ex._repr_mimebundle_()
+    bundle, meta = ex._repr_mimebundle_()
     assert bundle["text/plain"] == repr(ex)
     assert "application/vnd.jupyter.widget-view+json" in bundle
+    # the static fallback: the current picture, at its CSS size, for GitHub and nbviewer
+    png = base64.b64decode(bundle["image/png"])
+    assert png == ex.image.value.tobytes()
+    w, h = widgets.png_size(png)
+    assert meta["image/png"] == {"width": w // 2, "height": h // 2}
 
 
 # -- Sweep -----------------------------------------------------------------------------
@@ -271,6 +277,7 @@ def test_live_monitor_follows_a_real_runtime_and_stops_it():
 
     mon = asyncio.run(main())
     assert mon.image.value.tobytes().startswith(b"\x89PNG")
+    assert_crisp(mon.image, mon.figure)
 
 
 def test_live_monitor_does_not_redraw_without_new_events():
@@ -300,3 +307,32 @@ def test_live_monitor_needs_a_running_loop():
 
 def test_module_exports():
     assert set(widgets.__all__) >= {"Explorer", "Sweep", "LiveMonitor"}
+
+
+# -- crisp, unstretched images (issue 13 §1) ------------------------------------------------
+
+
+def _css_px(width: str) -> int:
+    assert width.endswith("px"), width
+    return int(width[:-2])
+
+
+def assert_crisp(image, fig) -> None:
+    """The PNG has ≥ 2 pixels per CSS pixel, the widget's CSS size is the figure's, and
+    only the width is set (height auto): the browser keeps the aspect, nothing stretches."""
+    w, h = widgets.png_size(image.value.tobytes())
+    css_w = _css_px(image.layout.width)
+    assert w >= 2 * css_w
+    fw, fh = fig.get_size_inches()
+    assert css_w == round(fw * widgets.CSS_PX_PER_INCH)
+    assert abs(w / h - fw / fh) < 0.01  # the figure's own aspect ratio
+    assert image.layout.height == "auto" and image.layout.align_self == "flex-start"
+
+
+def test_explorer_and_sweep_images_are_crisp_and_unstretched():
+    ex = Explorer(messages=100)
+    assert_crisp(ex.image, ex.figure)
+    sw = Sweep(concurrency=(1, 2), prefetch=(1,), messages=50, arrival_rate=None,
+               executor="serial")
+    sw.run()
+    assert_crisp(sw.image, sw.figure)

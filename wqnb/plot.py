@@ -38,7 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .timeline import Timeline
 
 __all__ = [
+    "FAR_LIMIT",
+    "far_limits",
     "GAUGE_COLORS",
+    "GAUGE_STYLES",
+    "HIGHER_IS_BETTER",
     "METRIC_LABELS",
     "OUTCOME_COLORS",
     "backpressure",
@@ -47,15 +51,41 @@ __all__ = [
     "latency",
     "latency_split",
     "overview",
+    "RABBIT_COLORS",
+    "rabbitmq",
+    "rates",
+    "rates_series",
+    "ready_unacked",
+    "ready_unacked_series",
+    "short_id",
     "sweep",
     "sweep_heatmap",
     "sweep_lines",
+    "metric_cmap",
 ]
 
 #: Bar colours of the Gantt chart, by ``messages()['outcome']``.
 OUTCOME_COLORS = {"ack": "#2a9d8f", "nack": "#e76f51", "returned": "#8d99ae"}
 #: One colour a gauge; its limit line uses the same colour, dashed.
 GAUGE_COLORS = {"depth": "#264653", "buffered": "#e9c46a", "busy": "#2a9d8f", "unsettled": "#e76f51"}
+#: RabbitMQ management's colours: Ready / Unacked, and the message rates.
+RABBIT_COLORS = {"ready": "#edc240", "unacked": "#afd8f8", "publish": "#edc240",
+                 "deliver": "#7eb0e6", "redeliver": "#cb4b4b", "ack": "#4da74d",
+                 "nack": "#9440ed"}
+RABBIT_STYLES = {"deliver": "--", "redeliver": ":"}
+#: Line styles that keep every gauge visible when two share values: ``unsettled`` (which
+#: is ``buffered + busy``) is a wide pale band drawn first; the others are thin lines on it.
+GAUGE_STYLES: dict[str, dict[str, Any]] = {
+    "depth": {"lw": 1.4, "zorder": 2.5},
+    "unsettled": {"lw": 5.0, "alpha": 0.35, "zorder": 2.2, "solid_joinstyle": "miter"},
+    "busy": {"lw": 1.4, "zorder": 2.5},
+    "buffered": {"lw": 1.2, "zorder": 2.6},
+}
+#: A limit further than this many times above the highest value is not drawn (it would
+#: squash the data into the bottom of the axis): it is named on the top edge instead.
+FAR_LIMIT = 2.5
+#: Metrics where a high value is good; the others (latency, waits, depths) are bad when high.
+HIGHER_IS_BETTER = frozenset({"throughput_per_s", "utilisation"})
 _LIMIT_OF = {
     "depth": "max_length",
     "buffered": "prefetch",
@@ -68,6 +98,8 @@ _GAUGE_LABELS = {
     "busy": "busy workers",
     "unsettled": "unsettled (delivered, not acked)",
 }
+_GAUGE_SHORT = {"depth": "ready", "buffered": "buffered", "busy": "busy",
+                "unsettled": "unsettled"}
 _SPLIT = {
     "queue_wait": ("in the queue", "#264653"),
     "buffer_wait": ("in the prefetch buffer", "#e9c46a"),
@@ -217,6 +249,28 @@ def publish_wait_spans(
 # -- the worker Gantt ------------------------------------------------------------------
 
 
+def short_id(msg_id: Any) -> str:
+    """A message id as a short label: ``#17`` for the runtime's ``…-000000000011`` ids
+    (the last 12 hex digits count messages), else its last six characters."""
+    text = str(msg_id)
+    tail = text[-12:]
+    if len(tail) == 12 and all(ch in "0123456789abcdef" for ch in tail):
+        return f"#{int(tail, 16)}"
+    return text[-6:]
+
+
+def _legend_above(ax: Axes, handles: list[Any] | None = None, *, ncols: int | None = None) -> None:
+    """The legend in one row above the axes, right-aligned: it never covers data."""
+    kw: dict[str, Any] = {"handles": handles} if handles is not None else {}
+    if handles is None:
+        n = len(ax.get_legend_handles_labels()[0])
+    else:
+        n = len(handles)
+    ax.legend(**kw, loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.15,
+              fontsize="x-small", ncols=ncols or max(n, 1), frameon=False,
+              handlelength=1.4, columnspacing=0.9)
+
+
 def gantt(
     tl: Timeline,
     consumer: str | None = None,
@@ -225,12 +279,18 @@ def gantt(
     start: float | None = None,
     end: float | None = None,
     legend: bool = True,
+    highlight: str | Sequence[str] | None = None,
+    labels: bool | None = None,
 ) -> Axes:
     """One lane per worker, one bar per handled delivery, coloured by its outcome.
 
     Acks are green, nacks red; a delivery that was a retry (``attempt`` ≥ 2) is hatched;
-    a message sent to its dead-letter queue gets a black ✕ where its last attempt ended;
-    deliveries handed back on stop are grey. ``start``/``end`` zoom the time axis (s).
+    a message sent to its dead-letter queue gets a large ✕ (black, white-edged, above the
+    bars) where its last attempt ended; deliveries handed back on stop are grey.
+    ``highlight`` (a ``msg_id`` or several) outlines that message's attempts and joins
+    them across lanes, so one message can be followed through its retries. ``labels``
+    writes each bar's short id (``#17``) in it; by default when there are at most 40 bars.
+    ``start``/``end`` zoom the time axis (s). The legend sits above the axes.
     """
     ax = _new_ax(ax)
     consumer = pick_consumer(tl, consumer)
@@ -267,17 +327,50 @@ def gantt(
                 linewidths=lw if not retry else 0.3,
                 hatch="////" if retry else None,
             )
+            coll.set_gid(f"bars:{kind}:{'retry' if retry else 'first'}")
             ax.add_collection(coll)
         if is_kind.any():
             handles.append(Patch(facecolor=color, label=kind))
     if (attempt > 1).any():
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="retry"))
-    # dead letters: where the message's last attempt ended
+    # dead letters: where the message's last attempt ended, above every bar
     if "dead_lettered" in m and m["dead_lettered"].any():
         last = m[m["dead_lettered"]]
-        ax.scatter(last["t_end"].to_numpy(dtype=float), _float(last["worker"]), marker="x",
-                   color="black", s=40, zorder=3)
-        handles.append(Line2D([], [], marker="x", color="black", ls="", label="dead-lettered"))
+        dl = ax.scatter(last["t_end"].to_numpy(dtype=float), _float(last["worker"]), marker="X",
+                        s=90, facecolor="black", edgecolor="white", linewidths=1.2, zorder=4,
+                        clip_on=False, label="dead-lettered")
+        dl.set_gid("dead-letters")
+        handles.append(Line2D([], [], marker="X", markersize=8, markerfacecolor="black",
+                              markeredgecolor="white", color="black", ls="",
+                              label="dead-lettered"))
+    if highlight is not None:
+        wanted = {highlight} if isinstance(highlight, str) else set(highlight)
+        ids = m["msg_id"].astype(str).to_numpy()
+        sel = np.isin(ids, list(wanted))
+        if not sel.any():
+            raise ValueError(f"highlight: no delivery of {sorted(wanted)} was handled by "
+                             f"{_short(consumer) or 'this timeline'}")
+        ring = PolyCollection(verts[sel], facecolors="none", edgecolors="#d00000",
+                              linewidths=2.2, zorder=3.5)
+        ring.set_gid("highlight")
+        ax.add_collection(ring)
+        for mid in sorted(wanted):
+            one = np.flatnonzero(ids == mid)
+            one = one[np.argsort(t0[one], kind="stable")]
+            if len(one) > 1:  # the path from each attempt's end to the next one's start
+                nan = np.full(len(one) - 1, np.nan)  # one segment a hop, NaN between
+                xs = np.ravel(np.column_stack([t1[one][:-1], t0[one][1:], nan]))[:-1]
+                ys = np.ravel(np.column_stack([lane[one][:-1], lane[one][1:], nan]))[:-1]
+                ax.plot(xs, ys, color="#d00000", lw=1.2, ls=":", zorder=3.4, gid="highlight-path")
+        handles.append(Patch(facecolor="none", edgecolor="#d00000", lw=2,
+                             label=", ".join(short_id(i) for i in sorted(wanted))))
+    if labels is None:
+        labels = 0 < len(m) <= 40
+    if labels:
+        ids = m["msg_id"].astype(str).to_numpy()
+        for x0, x1, y, mid in zip(t0, t1, lane, ids, strict=True):
+            ax.text((x0 + x1) / 2, y, short_id(mid), ha="center", va="center",
+                    fontsize="x-small", color="white", zorder=3.6, gid="bar-label", clip_on=True)
     n_lanes = int(np.nanmax(lane)) + 1 if len(lane) else 1
     info = tl.consumers.get(consumer) if consumer is not None else None
     if info is not None:
@@ -296,7 +389,7 @@ def gantt(
         title += f" (concurrency {info.concurrency}, prefetch {info.prefetch})"
     ax.set_title(title, loc="left", fontsize="medium")
     if legend and handles:
-        ax.legend(handles=handles, loc="upper right", fontsize="small", ncols=len(handles))
+        _legend_above(ax, handles)
     _window(start, end, ax)
     return ax
 
@@ -317,6 +410,12 @@ def _limits(tl: Timeline, consumer: str | None) -> dict[str, float]:
     return out
 
 
+def far_limits(ax: Axes) -> list[str]:
+    """The labels of the limits :func:`gauges` named on the top edge instead of drawing
+    (they were more than :data:`FAR_LIMIT` times above the data)."""
+    return [t.get_text() for t in ax.texts if t.get_gid() == "far-limit"]
+
+
 def gauges(
     tl: Timeline,
     consumer: str | None = None,
@@ -334,35 +433,59 @@ def gauges(
 
     ``which`` picks among ``depth`` (ready in the queue), ``buffered`` (in the consumer's
     prefetch buffer), ``busy`` (workers running a handler) and ``unsettled`` (delivered,
-    not yet acked or nacked). With ``limits`` each gauge's bound is drawn dashed in its
-    colour: ``max_length`` for depth, ``prefetch``, ``concurrency`` and
-    ``prefetch + concurrency``. With ``waits`` the stretches where a publisher was blocked
-    on a full queue are shaded. The legend sits right of the axes; ``legend="upper left"``
-    (any matplotlib ``loc``) puts it inside, ``legend=False`` leaves it out; ``headroom``
-    is the top of the y axis as a multiple of the highest line (room for that legend).
+    not yet acked or nacked: ``buffered + busy``, drawn as a wide pale band so the thin
+    lines on it stay visible). With ``limits`` each gauge's bound is drawn dashed in its
+    colour (``max_length`` for depth, ``prefetch``, ``concurrency``, ``prefetch +
+    concurrency``) when it is near the data; a bound far above it (more than
+    :data:`FAR_LIMIT` × the highest value) is named on the top edge, ``prefetch = 800 ↑``,
+    so the axis keeps the data's scale. With ``waits`` the stretches where a publisher was
+    blocked on a full queue are shaded. The legend sits right of the axes;
+    ``legend="above"`` puts it in a row above them, any matplotlib ``loc`` inside,
+    ``legend=False`` leaves it out; ``headroom`` is the top of the y axis as a multiple of
+    the highest line or limit drawn.
     """
     ax = _new_ax(ax)
     consumer = pick_consumer(tl, consumer)
     g = _gauges(tl, consumer)
     t = g["t"].to_numpy(dtype=float)
     lim = _limits(tl, consumer) if limits else {}
-    top = 1.0
+    top = 0.0
     for name in which:
         if name not in GAUGE_COLORS:
             raise ValueError(f"unknown gauge {name!r} (use {', '.join(GAUGE_COLORS)})")
+    order = sorted(which, key=lambda n: GAUGE_STYLES[n]["zorder"])  # the wide band first
+    names = _GAUGE_SHORT if legend == "above" else _GAUGE_LABELS  # one short row above
+    for name in order:
         color = GAUGE_COLORS[name]
         x, y = _steps(t, _float(g[name]))
-        ax.plot(x, y, drawstyle="steps-post", color=color, lw=1.2, zorder=2.5,
-                label=_GAUGE_LABELS[name])
+        ax.plot(x, y, drawstyle="steps-post", color=color, label=names[name],
+                gid=f"gauge:{name}", **GAUGE_STYLES[name])
         if len(y):
             top = max(top, float(np.nanmax(y)))
+    data_top = max(top, 1.0)
+    far: list[tuple[str, float, str]] = []
+    for name in which:
         bound = lim.get(_LIMIT_OF[name])
-        if bound is not None:  # a wide pale band under a thin dashed line: visible even
-            # when the gauge sits right on it (a saturated pool, a full buffer)
-            ax.axhline(bound, color=color, lw=5, alpha=0.25, zorder=1.5)
-            ax.axhline(bound, color=color, ls="--", lw=1,
-                       label=f"{_LIMIT_OF[name]} = {bound:g}")
-            top = max(top, bound)
+        if bound is None:
+            continue
+        color = GAUGE_COLORS[name]
+        if bound > FAR_LIMIT * data_top:
+            far.append((_LIMIT_OF[name], bound, color))
+            continue
+        # a wide pale band under a thin dashed line: visible even when the gauge sits
+        # right on it (a saturated pool, a full buffer)
+        ax.axhline(bound, color=color, lw=5, alpha=0.25, zorder=1.5)
+        ax.axhline(bound, color=color, ls="--", lw=1, gid=f"limit:{name}",
+                   label=f"{_LIMIT_OF[name].replace('prefetch + concurrency', 'p + c')} "
+                         f"{bound:g}" if legend == "above" else f"{_LIMIT_OF[name]} = {bound:g}")
+        top = max(top, bound)
+    for k, (label, bound, color) in enumerate(far):
+        ax.text(0.995, 0.97 - 0.11 * k, f"{label} = {bound:g} ↑", transform=ax.transAxes,
+                ha="right", va="top", fontsize="x-small", color=color, fontweight="bold",
+                gid="far-limit",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    if far:  # room under the labels
+        headroom = max(headroom, 1.15 + 0.11 * len(far) * 1.5)
     if waits:
         info = tl.consumers.get(consumer) if consumer is not None else None
         t_span = float(t[-1] - t[0]) if len(t) else 0.0
@@ -373,7 +496,8 @@ def gauges(
                            facecolors="#9b2226", alpha=0.12, label="publisher waiting")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("messages")
-    ax.set_ylim(0, top * headroom)
+    ax.set_ylim(0, max(top, 1.0) * headroom)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     if len(t):
         ax.set_xlim(0, max(float(t[-1]), 1e-9))
     ax.set_title(f"{_short(consumer)}: gauges" if consumer else "gauges", loc="left",
@@ -381,6 +505,8 @@ def gauges(
     if legend is True:
         ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1.0),
                   borderaxespad=0)
+    elif legend == "above":
+        _legend_above(ax)
     elif legend:
         ax.legend(loc=legend, fontsize="x-small", ncols=3, framealpha=0.8)
     _window(start, end, ax)
@@ -497,6 +623,18 @@ def _metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+def _spans_decades(values: np.ndarray, ratio: float = 20.0) -> bool:
+    v = values[np.isfinite(values)]
+    return bool(v.size and (v > 0).all() and v.max() / v.min() > ratio)
+
+
+def metric_cmap(metric: str) -> str:
+    """The colour map of a metric's heatmap. Yellow always means *good*: ``viridis``
+    (high is yellow) for throughput and utilisation, ``magma_r`` (low is yellow) for
+    latency, waits and depths; two metrics of opposite meaning never share a scale."""
+    return "viridis" if metric in HIGHER_IS_BETTER else "magma_r"
+
+
 def sweep_heatmap(
     results: pd.DataFrame,
     metric: str = "throughput_per_s",
@@ -506,34 +644,46 @@ def sweep_heatmap(
     ax: Axes | None = None,
     annotate: bool = True,
     fmt: str = "{:.3g}",
-    cmap: str = "viridis",
+    cmap: str | None = None,
+    log: bool | None = None,
 ) -> Axes:
     """``metric`` over the ``y`` × ``x`` grid (one cell a run), annotated with its value.
 
     ``results`` is one row a run with the grid's columns and the metric (what
     :func:`wqnb.sweep` and :class:`wqnb.widgets.Sweep` return). Grid values are shown as
-    categories, so log-spaced grids get evenly sized cells.
+    categories, so log-spaced grids get evenly sized cells. The colour map follows
+    :func:`metric_cmap` (yellow = good) unless ``cmap`` is given; ``log`` (by default:
+    when the values span more than a factor 20) puts the colour scale on a log scale.
     """
+    from matplotlib.colors import LogNorm
+
     ax = _new_ax(ax, (5, 4))
     table = results.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
     table = table.sort_index().sort_index(axis=1)
     data = table.to_numpy(dtype=float)
-    im = ax.imshow(data, cmap=cmap, aspect="auto", origin="lower")
+    if log is None:
+        log = _spans_decades(data)
+    finite = data[np.isfinite(data)]
+    norm = LogNorm(finite[finite > 0].min(), finite.max()) if log and (finite > 0).any() else None
+    im = ax.imshow(data, cmap=cmap or metric_cmap(metric), norm=norm, aspect="auto",
+                   origin="lower")
     ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns])
     ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     cbar = ax.figure.colorbar(im, ax=ax)
-    cbar.set_label(_metric_label(metric))
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    cbar.set_label(f"{_metric_label(metric)}{', log scale' if norm else ''} ({better} is better)",
+                   fontsize="small")
     if annotate and data.size <= 100:
-        finite = data[np.isfinite(data)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 v = data[i, j]
-                if np.isfinite(v):
+                if np.isfinite(v):  # dark text on the light half of the scale
+                    r, g_, b, _ = im.cmap(im.norm(v))
+                    light = 0.299 * r + 0.587 * g_ + 0.114 * b > 0.5
                     ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize="small",
-                            color="white" if v < mid else "black")
+                            color="black" if light else "white")
     ax.set_title(_metric_label(metric), loc="left", fontsize="medium")
     return ax
 
@@ -546,9 +696,11 @@ def sweep_lines(
     hue: str = "concurrency",
     ax: Axes | None = None,
     logx: bool = True,
-    logy: bool = False,
+    logy: bool | None = None,
 ) -> Axes:
-    """``metric`` against ``x``, one line per value of ``hue``."""
+    """``metric`` against ``x``, one line per value of ``hue``; ``logy`` by default when
+    the values span more than a factor 20 (latency across an overloaded and an idle
+    consumer spans decades)."""
     ax = _new_ax(ax, (5, 3.5))
     cmap = plt.get_cmap("viridis")
     levels = sorted(results[hue].unique())
@@ -563,11 +715,14 @@ def sweep_lines(
     grid = np.sort(results[x].unique()).astype(float)
     if len(grid) <= 12:  # the grid's own values as ticks, written plainly (not 10^k)
         ax.set_xticks(grid, [f"{v:g}" for v in grid])
+    if logy is None:
+        logy = _spans_decades(results[metric].to_numpy(dtype=float))
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(_metric_label(metric))
-    ax.legend(fontsize="small", title=None)
+    ax.legend(fontsize="x-small", title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              borderaxespad=0)
     ax.set_title(f"{_metric_label(metric)} vs {x}", loc="left", fontsize="medium")
     return ax
 
@@ -586,6 +741,152 @@ def sweep(
     for k, metric in enumerate(metrics):
         sweep_heatmap(results, metric, x=x, y=y, ax=axes[0, k])
         sweep_lines(results, metric, x=x, hue=y, ax=axes[1, k])
+    return fig
+
+
+# -- the pictures RabbitMQ's management UI draws ------------------------------------------
+
+
+def _queue_of(tl: Timeline, queue: str | None) -> str | None:
+    if queue is not None:
+        known = list(tl.queues) or [str(q) for q in tl.df["queue"].dropna().unique()]
+        if queue not in known:
+            raise ValueError(f"unknown queue {queue!r} (this timeline has: {', '.join(known) or 'none'})")
+        return queue
+    consumer = pick_consumer(tl, None)
+    if consumer is not None and consumer in tl.consumers:
+        return tl.consumers[consumer].queue
+    present = tl.df["queue"].dropna()
+    return str(present.iloc[0]) if len(present) else None
+
+
+def ready_unacked_series(tl: Timeline, queue: str | None = None, *,
+                         samples: int | None = None) -> pd.DataFrame:
+    """``t, ready, unacked`` of one queue after each event (``samples``: at that many
+    evenly spaced instants instead, as RabbitMQ samples): *ready* is the queue's depth,
+    *unacked* the messages delivered to any of its consumers and not yet settled."""
+    queue = _queue_of(tl, queue)
+    df = tl.df
+    sel = df[df["queue"] == queue] if queue is not None else df.iloc[:0]
+    t = sel["t"].to_numpy(dtype=float)
+    ready = sel["depth"].ffill().fillna(0).to_numpy(dtype=float)
+    unacked = np.zeros(len(sel))
+    cons = sel["consumer"]
+    for c in cons.dropna().unique():
+        v = sel["unsettled"].where(cons == c)
+        unacked += v.ffill().fillna(0).to_numpy(dtype=float)
+    if len(t):
+        last = np.append(t[1:] != t[:-1], True)  # the state after each instant
+        t, ready, unacked = t[last], ready[last], unacked[last]
+    if samples and len(t):
+        grid = np.linspace(0.0, t[-1], samples)
+        idx = np.searchsorted(t, grid, side="right") - 1
+        ok = idx >= 0
+        ready = np.where(ok, ready[np.maximum(idx, 0)], 0.0)
+        unacked = np.where(ok, unacked[np.maximum(idx, 0)], 0.0)
+        t = grid
+    out = pd.DataFrame({"t": t, "ready": ready.astype(np.int64), "unacked": unacked.astype(np.int64)})
+    out.attrs["queue"] = queue
+    return out
+
+
+def ready_unacked(tl: Timeline, queue: str | None = None, *, ax: Axes | None = None) -> Axes:
+    """RabbitMQ management's *Queued messages* chart: Ready and Unacked, stacked; the top
+    of the stack is the total a queue holds (RabbitMQ's *Total*)."""
+    ax = _new_ax(ax, (8, 3))
+    s = ready_unacked_series(tl, queue)
+    t = s["t"].to_numpy()
+    ready, unacked = s["ready"].to_numpy(dtype=float), s["unacked"].to_numpy(dtype=float)
+    ax.fill_between(t, 0, ready, step="post", color=RABBIT_COLORS["ready"], alpha=0.85,
+                    lw=0, label="Ready", gid="stack:ready")
+    ax.fill_between(t, ready, ready + unacked, step="post", color=RABBIT_COLORS["unacked"],
+                    alpha=0.85, lw=0, label="Unacked", gid="stack:unacked")
+    x, y = _steps(t, ready + unacked)
+    ax.plot(x, y, drawstyle="steps-post", color="#333333", lw=0.8, label="Total")
+    top = float((ready + unacked).max()) if len(t) else 1.0
+    ax.set_ylim(0, max(top, 1.0) * 1.08)
+    ax.set_xlim(0, max(float(t[-1]) if len(t) else 0.0, 1e-9))
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("messages")
+    ax.set_title(f"{_short(s.attrs['queue'])}: queued messages", loc="left", fontsize="medium")
+    _legend_above(ax)
+    return ax
+
+
+def _nice_bin(span: float, target: int = 80) -> float:
+    raw = max(span, 1e-9) / target
+    exp = 10 ** np.floor(np.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * exp:
+            return float(m * exp)
+    return float(10 * exp)  # pragma: no cover
+
+
+def rates_series(tl: Timeline, queue: str | None = None, *, bin: float | None = None) -> pd.DataFrame:
+    """Messages per second of one queue in bins of ``bin`` seconds (a round width giving
+    about 80 bins by default): ``t`` (bin start), ``publish``, ``deliver``, ``redeliver``
+    (deliveries after the first), ``ack``, ``nack`` — RabbitMQ's *Message rates*."""
+    queue = _queue_of(tl, queue)
+    df = tl.df
+    sel = df[df["queue"] == queue] if queue is not None else df.iloc[:0]
+    t_end = float(df["t"].max()) if len(df) else 0.0
+    width = bin or _nice_bin(t_end)
+    if not width > 0:
+        raise ValueError(f"bin must be > 0 seconds, got {bin!r}")
+    n_bins = max(int(np.ceil(t_end / width)), 1)
+    edges = np.arange(n_bins + 1) * width
+    ev = sel["event"].astype(str).to_numpy()
+    t = sel["t"].to_numpy(dtype=float)
+    attempt = sel["attempt"].to_numpy(dtype=float, na_value=1.0)
+    kinds = {
+        "publish": ev == "publish",
+        "deliver": ev == "deliver",
+        "redeliver": (ev == "deliver") & (attempt > 1),
+        "ack": ev == "ack",
+        "nack": ev == "nack",
+    }
+    out = {"t": edges[:-1]}
+    for name, mask in kinds.items():
+        counts, _ = np.histogram(t[mask], bins=edges)
+        out[name] = counts / width
+    res = pd.DataFrame(out)
+    res.attrs.update(queue=queue, bin=width)
+    return res
+
+
+def rates(tl: Timeline, queue: str | None = None, *, ax: Axes | None = None,
+          bin: float | None = None) -> Axes:
+    """RabbitMQ management's *Message rates* chart: publish, deliver, redeliver, ack and
+    nack per second over time (the last bin may be partly empty: the run ended in it)."""
+    ax = _new_ax(ax, (8, 3))
+    r = rates_series(tl, queue, bin=bin)
+    width = r.attrs["bin"]
+    x = np.r_[r["t"].to_numpy(), r["t"].iloc[-1] + width]
+    for name, color in RABBIT_COLORS.items():
+        if name not in r or (name in ("redeliver", "nack") and not r[name].any()):
+            continue
+        y = r[name].to_numpy()
+        ax.plot(x, np.r_[y, y[-1]], drawstyle="steps-post", color=color, lw=1.3,
+                ls=RABBIT_STYLES.get(name, "-"), label=name, gid=f"rate:{name}")
+    ax.set_xlim(0, x[-1])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(f"messages/s (per {width:g} s)")
+    ax.set_title(f"{_short(r.attrs['queue'])}: message rates", loc="left", fontsize="medium")
+    _legend_above(ax)
+    return ax
+
+
+def rabbitmq(tl: Timeline, queue: str | None = None, *, fig: Figure | None = None,
+             bin: float | None = None) -> Figure:
+    """The two charts of a queue's page in RabbitMQ's management UI, from any timeline:
+    queued messages (Ready / Unacked, stacked) above, message rates below."""
+    fig = _new_fig(fig, (9, 5.5))
+    ax_q, ax_r = fig.subplots(2, 1, sharex=True)
+    ready_unacked(tl, queue, ax=ax_q)
+    ax_q.set_xlabel("")
+    rates(tl, queue, ax=ax_r, bin=bin)
     return fig
 
 
@@ -618,13 +919,13 @@ def overview(
         gantt(tl, consumer, ax=ax_g)
         ax_g.set_xlabel("")
         # legends inside, above the lines (a "best" legend costs seconds on big runs)
-        gauges(tl, consumer, which=("depth",), ax=ax_q, legend="upper left", headroom=1.5)
-        ax_q.set_title("queue depth (shaded: publishers waiting)", loc="left",
+        gauges(tl, consumer, which=("depth",), ax=ax_q, legend="above")
+        ax_q.set_title("queue (shaded: publisher waits)", loc="left",
                        fontsize="medium")
         ax_q.set_xlabel("")
         gauges(tl, consumer, which=("buffered", "busy", "unsettled"), ax=ax_c, waits=False,
-               legend="upper left", headroom=1.6)
-        ax_c.set_title("consumer gauges", loc="left", fontsize="medium")
+               legend="above")
+        ax_c.set_title("consumer", loc="left", fontsize="medium")
         latency(tl, consumer, kind="hist", ax=ax_h)
         latency(tl, consumer, kind="cdf", ax=ax_cdf)
         ax_cdf.set_title("latency split, CDF", loc="left", fontsize="medium")

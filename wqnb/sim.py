@@ -15,8 +15,13 @@ import asyncio
 import functools
 import itertools
 import math
+import multiprocessing
+import os
+import pickle
 import random
+import sys
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +42,7 @@ __all__ = [
     "simulate",
     "sweep",
     "SimulatedFailure",
+    "default_executor",
 ]
 
 
@@ -312,24 +318,91 @@ def _user_runtime(app: str | Path | Runtime) -> Runtime:
     return Runtime.from_yaml(app)
 
 
+def _sweep_cell(concurrency: int, prefetch: int, seed: int | None,
+                kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One cell of a sweep (module level: a process pool pickles it by name)."""
+    extra = {} if seed is None else {"seed": seed}
+    s = simulate(concurrency=concurrency, prefetch=prefetch, **kwargs, **extra).summary()
+    row: dict[str, Any] = {"concurrency": concurrency, "prefetch": prefetch}
+    if seed is not None:
+        row["seed"] = seed
+    return {**row, **s.to_dict()}
+
+
+def default_executor(cells: int) -> Executor | None:
+    """A process pool with one worker per core (at most one per cell), or ``None`` (run
+    in this process) on one core or for a single cell: what :func:`sweep` uses by default."""
+    workers = min(os.cpu_count() or 1, cells)
+    if workers < 2:
+        return None
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                      and sys.version_info < (3, 12) else "forkserver"
+                                      if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - lambdas, local handlers, open runtimes...
+        return False
+    return True
+
+
 def sweep(
     concurrency: Iterable[int] = (1, 2, 4, 8),
     prefetch: Iterable[int] = (1, 10, 100),
     *,
+    seeds: Iterable[int] | None = None,
+    executor: Executor | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """``simulate()`` over every concurrency × prefetch pair; one summary row each.
 
     Other keyword arguments go to :func:`simulate` unchanged (same seed for every cell, so
-    the cells differ only by the two knobs). ``progress(done, total)`` is called after
-    each run (the ``Sweep`` widget drives its progress bar with it).
+    the cells differ only by the two knobs). ``seeds`` repeats every cell once per seed
+    (a ``seed`` column tells them apart: the spread over seeds is the noise of a finite
+    run). ``progress(done, total)`` is called after each run (the ``Sweep`` widget drives
+    its progress bar with it).
+
+    The runs are independent, so by default they run on every core (a process pool, see
+    :func:`default_executor`); ``executor=`` takes any :class:`concurrent.futures.Executor`
+    — a Dask cluster's ``distributed.Client(...).get_executor()`` spreads a large sweep
+    over many machines — and ``executor="serial"`` runs them here, one after another.
+    Rows come back in grid order and equal a serial run's: every run is on virtual time
+    with its own seeded streams. Arguments a process cannot receive (a lambda ``body``,
+    local handlers) make the default run serially.
     """
-    grid = list(itertools.product(concurrency, prefetch))
-    rows = []
-    for i, (c, p) in enumerate(grid, 1):
-        s = simulate(concurrency=c, prefetch=p, **kwargs).summary()
-        rows.append({"concurrency": c, "prefetch": p, **s.to_dict()})
-        if progress is not None:
-            progress(i, len(grid))
+    cells = [(c, p, sd) for c, p in itertools.product(concurrency, prefetch)
+             for sd in (list(seeds) if seeds is not None else [None])]
+    if seeds is not None and "seed" in kwargs:
+        raise ValueError("sweep: give seeds= or seed=, not both")
+    own_pool = False
+    if executor == "serial":
+        pool: Executor | None = None
+    elif isinstance(executor, str):
+        raise ValueError(f"executor must be an Executor, 'serial' or None, not {executor!r}")
+    elif executor is None:
+        pool = default_executor(len(cells)) if _picklable(kwargs) else None
+        own_pool = pool is not None
+    else:
+        pool = executor
+    rows: list[dict[str, Any]] = []
+    try:
+        if pool is None:
+            for i, (c, p, sd) in enumerate(cells, 1):
+                rows.append(_sweep_cell(c, p, sd, kwargs))
+                if progress is not None:
+                    progress(i, len(cells))
+        else:
+            futures = [pool.submit(_sweep_cell, c, p, sd, kwargs) for c, p, sd in cells]
+            if progress is not None:
+                for i, _ in enumerate(as_completed(futures), 1):
+                    progress(i, len(cells))
+            rows = [f.result() for f in futures]
+    finally:
+        if own_pool and pool is not None:
+            pool.shutdown(cancel_futures=True)
     return pd.DataFrame(rows)

@@ -4,6 +4,8 @@
   simulation on virtual time and redraws :func:`wqnb.plot.overview` and a summary table.
 * :class:`Sweep` — a concurrency × prefetch grid, run point by point behind a progress bar,
   then drawn as heatmaps and lines (:func:`wqnb.plot.sweep`).
+* :class:`Replay` — a Play button and a time slider over any timeline, drawing the
+  system's state at each instant (publisher, queue, buffer, workers, counters).
 * :class:`LiveMonitor` — follows a real :class:`~wqnb.Runtime` running in the kernel's own
   event loop, redrawing its gauges from ``rt.timeline`` while messages flow; buttons
   publish a burst and stop the runtime. It never blocks the kernel: it is an asyncio task.
@@ -26,6 +28,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -44,6 +47,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "Explorer",
     "LiveMonitor",
+    "Replay",
     "Sweep",
     "log_options",
     "render_png",
@@ -85,12 +89,63 @@ def _distributions() -> dict[str, Callable[[float], Any]]:
 DISTRIBUTIONS: dict[str, Callable[[float], Any]] = {}
 
 
-def render_png(fig: Figure, *, dpi: float = 72) -> bytes:
+#: CSS pixels a figure inch takes on the page: a 12 × 7.5 in figure shows 960 × 600 px.
+CSS_PX_PER_INCH = 80
+#: Image pixels per CSS pixel: 2 is crisp on a high-density (retina) screen, and sharp
+#: when the browser zooms to 200 %.
+PIXEL_DENSITY = 2
+
+
+def render_png(fig: Figure, *, dpi: float = CSS_PX_PER_INCH * PIXEL_DENSITY) -> bytes:
     """The figure as PNG bytes (no pyplot, no display)."""
     buf = io.BytesIO()
     FigureCanvasAgg(fig)  # attach an Agg canvas (a bare Figure has none to save with)
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, read from a PNG's header."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def figure_image() -> W.Image:
+    """An Image widget that shows a figure at its own size: never stretched by the flex
+    box around it (``align_self``), shrunk to fit a narrow page with its aspect kept."""
+    return W.Image(format="png", layout=W.Layout(max_width="100%", height="auto",
+                                                 align_self="flex-start",
+                                                 object_fit="contain")).add_class("wqnb-figure")
+
+
+def show_figure(image: W.Image, fig: Figure, *, density: float = PIXEL_DENSITY) -> bytes:
+    """Render ``fig`` into ``image`` at ``density`` pixels per CSS pixel and size the
+    widget to the figure's CSS size (``CSS_PX_PER_INCH``), so it is crisp and unstretched."""
+    w_in, _h_in = fig.get_size_inches()
+    png = render_png(fig, dpi=CSS_PX_PER_INCH * density)
+    image.layout.width = f"{round(w_in * CSS_PX_PER_INCH)}px"
+    image.value = png
+    return png
+
+
+def static_fallback(bundle: dict[str, Any], image: W.Image, text: str
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The widget's display bundle with a stable ``text/plain`` and its current picture as
+    ``image/png``: a saved notebook shows that picture where widgets cannot be drawn
+    (GitHub, nbviewer, a notebook opened before its kernel runs). nbval does not compare
+    PNG bytes, and the ``text/plain`` keeps the stored outputs deterministic."""
+    data = dict(bundle)
+    data["text/plain"] = text
+    meta: dict[str, Any] = {}
+    if image.value:
+        import base64
+
+        png = bytes(image.value)
+        data["image/png"] = base64.b64encode(png).decode("ascii")
+        w, h = png_size(png)
+        meta["image/png"] = {"width": round(w / PIXEL_DENSITY), "height": round(h / PIXEL_DENSITY)}
+    return data, meta
 
 
 _SUMMARY_ROWS = [
@@ -166,13 +221,13 @@ class Explorer:
         burst: bool = False,
         seed: int = 1,
         simulate: Callable[..., Timeline] | None = None,
-        dpi: float = 72,
+        density: float = PIXEL_DENSITY,
         auto: bool = True,
     ) -> None:
         if simulate is None:
             from .sim import simulate
         self._simulate = simulate
-        self.dpi = dpi
+        self.density = density
         dists = DISTRIBUTIONS or _distributions()
         if distribution not in dists:
             raise ValueError(f"distribution must be one of {sorted(dists)}, not {distribution!r}")
@@ -211,8 +266,7 @@ class Explorer:
 
         self.status = W.HTML().add_class("wqnb-status")
         self.table = W.HTML().add_class("wqnb-summary")
-        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
-            "wqnb-figure")
+        self.image = figure_image()
         left = W.VBox([self.concurrency, self.prefetch, self.max_length, self.messages])
         right = W.VBox([self.arrival_rate, self.burst, self.service_time, self.distribution,
                         self.failure_rate, self.seed])
@@ -262,9 +316,8 @@ class Explorer:
         self.timeline = tl
         self.summary = tl.summary()
         self.figure = plot.overview(tl, fig=Figure(figsize=(12, 7.5)))
-        png = render_png(self.figure, dpi=self.dpi)
+        show_figure(self.image, self.figure, density=self.density)
         t2 = time.perf_counter()
-        self.image.value = png
         self.table.value = _table_html(self.summary)
         self.runs += 1
         self.timings = {"simulate": t1 - t0, "draw": t2 - t1}
@@ -282,10 +335,8 @@ class Explorer:
         inner = ", ".join(f"{k}={v}" for k, v in p.items())
         return f"Explorer({inner})"
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = repr(self)
-        return bundle
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return static_fallback(self.widget._repr_mimebundle_(**kwargs), self.image, repr(self))
 
 
 # -- Sweep -----------------------------------------------------------------------------
@@ -316,15 +367,19 @@ class Sweep:
         *,
         metrics: Sequence[str] = ("throughput_per_s", "latency_p99_s"),
         simulate: Callable[..., Timeline] | None = None,
-        dpi: float = 72,
+        density: float = PIXEL_DENSITY,
+        executor: Executor | str | None = None,
         **fixed: Any,
     ) -> None:
+        # the grid runs on every core by default, as wqnb.sweep does; a simulate= of your
+        # own runs here, in order (it may not be importable in a worker process)
+        self.executor = executor if executor is not None or simulate is None else "serial"
         if simulate is None:
             from .sim import simulate
         self._simulate = simulate
         self.fixed = {"messages": 1000, "seed": 1, **fixed}
         self.metrics = tuple(metrics)
-        self.dpi = dpi
+        self.density = density
         self.concurrency = W.Text(value=", ".join(map(str, concurrency)),
                                   description="concurrency", style=_STYLE, layout=_LAYOUT)
         self.prefetch = W.Text(value=", ".join(map(str, prefetch)), description="prefetch",
@@ -333,8 +388,7 @@ class Sweep:
         self.progress = W.IntProgress(value=0, min=0, max=1, description="runs",
                                       style=_STYLE, layout=_LAYOUT)
         self.status = W.HTML().add_class("wqnb-status")
-        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
-            "wqnb-figure")
+        self.image = figure_image()
         fixed_text = ", ".join(f"{k}={v!r}" for k, v in self.fixed.items())
         self.widget = W.VBox([
             W.HTML(f"<small>fixed: {html.escape(fixed_text)}</small>"),
@@ -372,34 +426,72 @@ class Sweep:
         self.figure = plot.sweep(self.results, self.metrics,
                                  fig=Figure(figsize=(5.2 * len(self.metrics), 7.5),
                                             layout="constrained"))
-        self.image.value = render_png(self.figure, dpi=self.dpi)
+        show_figure(self.image, self.figure, density=self.density)
         self.status.value = f"{len(rows)} runs done"
         self.button.disabled = False
         return self.results
 
+    def _pool(self, cells: int) -> tuple[Executor | None, bool]:
+        """(executor or None for in-process, whether we made it and must shut it down)."""
+        from .sim import _picklable, default_executor
+
+        if self.executor == "serial":
+            return None, False
+        if isinstance(self.executor, str):
+            raise ValueError(f"executor must be an Executor, 'serial' or None, not {self.executor!r}")
+        if self.executor is None:
+            pool = default_executor(cells) if _picklable(self.fixed) else None
+            return pool, pool is not None
+        return self.executor, False
+
     def run(self) -> pd.DataFrame | None:
         """Run the whole grid now (blocking), updating the progress bar after each run."""
+        from .sim import _sweep_cell
+
         grid = self._start()
         if grid is None:
             return None
+        pool, own = self._pool(len(grid))
         rows = []
-        for c, p in grid:
-            rows.append(self._one(c, p))
-            self.progress.value += 1
+        try:
+            if pool is None:
+                for c, p in grid:
+                    rows.append(self._one(c, p))
+                    self.progress.value += 1
+            else:
+                futures = [pool.submit(_sweep_cell, c, p, None, self.fixed) for c, p in grid]
+                for f in futures:  # in grid order: the same rows as a serial run
+                    rows.append(f.result())
+                    self.progress.value += 1
+        finally:
+            if own and pool is not None:
+                pool.shutdown(cancel_futures=True)
         return self._finish(rows)
 
     async def arun(self) -> pd.DataFrame | None:
         """Same as :meth:`run`, yielding to the event loop between runs (the kernel stays
         responsive and the progress bar is drawn while the sweep runs)."""
+        from .sim import _sweep_cell
+
         grid = self._start()
         if grid is None:
             return None
+        pool, own = self._pool(len(grid))
         rows = []
-        for c, p in grid:
-            rows.append(self._one(c, p))
-            self.progress.value += 1
-            self.status.value = f"run {self.progress.value}/{len(grid)}: concurrency {c}, prefetch {p}"
-            await asyncio.sleep(0)
+        try:
+            futures = ([asyncio.wrap_future(pool.submit(_sweep_cell, c, p, None, self.fixed))
+                        for c, p in grid] if pool is not None else None)
+            for k, (c, p) in enumerate(grid):
+                if futures is None:
+                    rows.append(self._one(c, p))
+                    await asyncio.sleep(0)
+                else:
+                    rows.append(await futures[k])
+                self.progress.value += 1
+                self.status.value = f"run {self.progress.value}/{len(grid)}: concurrency {c}, prefetch {p}"
+        finally:
+            if own and pool is not None:
+                pool.shutdown(cancel_futures=True)
         return self._finish(rows)
 
     def _on_click(self, _button: W.Button) -> None:
@@ -415,10 +507,8 @@ class Sweep:
         return (f"Sweep(concurrency=[{self.concurrency.value}], prefetch=[{self.prefetch.value}], "
                 f"{', '.join(f'{k}={v!r}' for k, v in self.fixed.items())})")
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = repr(self)
-        return bundle
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return static_fallback(self.widget._repr_mimebundle_(**kwargs), self.image, repr(self))
 
 
 # -- LiveMonitor -----------------------------------------------------------------------
@@ -447,13 +537,13 @@ class LiveMonitor:
         body: Callable[[int], Any] | None = None,
         interval: float = 0.5,
         window: float | None = 30.0,
-        dpi: float = 72,
+        density: float = PIXEL_DENSITY,
         start: bool = True,
     ) -> None:
         self.rt = rt
         self.interval = interval
         self.window = window
-        self.dpi = dpi
+        self.density = density
         self.body = body or (lambda i: {"n": i})
         tl = rt.timeline
         self.consumer = pick_consumer(tl, consumer)
@@ -467,8 +557,7 @@ class LiveMonitor:
         self.stop_button = W.Button(description="Stop runtime", icon="stop",
                                     button_style="danger")
         self.status = W.HTML().add_class("wqnb-status")
-        self.image = W.Image(format="png", layout=W.Layout(max_width="100%")).add_class(
-            "wqnb-figure")
+        self.image = figure_image()
         self.widget = W.VBox([
             W.HBox([self.burst, self.publish_button, self.stop_button]), self.status,
             self.image,
@@ -477,6 +566,9 @@ class LiveMonitor:
         self.stop_button.on_click(lambda _b: self.stop())
         self.refreshes = 0
         self.published = 0
+        self.handed_back = 0  #: deliveries a stop handed back to the queue
+        self.cancelled = 0    #: burst messages never published (Stop cancelled them)
+        self._asked = 0
         self.figure: Figure | None = None
         self.summary: pd.Series | None = None
         self._seen = -1
@@ -503,11 +595,19 @@ class LiveMonitor:
             self.figure = plot.backpressure(
                 tl, self.consumer, fig=Figure(figsize=(9, 5.5), layout="constrained"),
                 start=start)
-            self.image.value = render_png(self.figure, dpi=self.dpi)
+            show_figure(self.image, self.figure, density=self.density)
             self.summary = tl.summary()
             s = self.summary
             counts = ", ".join(f"{k.replace('_', ' ')} {int(s[k]):,}" for k in
                                ("published", "acked", "nacked", "dead_lettered") if k in s)
+            m = tl.messages()
+            if self.consumer is not None and len(m):
+                m = m[m["consumer"] == self.consumer]
+            self.handed_back = int((m["outcome"] == "returned").sum()) if len(m) else 0
+            if self.handed_back:  # a stop put them back in the queue: they are not lost
+                counts += f", handed back to the queue {self.handed_back:,}"
+            if self.cancelled:
+                counts += f" · {self.cancelled:,} unpublished (bursts stopped)"
             self.status.value = f"runtime {state} · t = {t_end:.1f} s · {counts}"
         else:
             self.status.value = f"runtime {state} · no events yet: publish a burst"
@@ -517,6 +617,8 @@ class LiveMonitor:
     def publish_burst(self, n: int | None = None) -> asyncio.Task[int]:
         """Publish ``n`` (default: the burst box) messages as one task; return the task."""
         n = int(self.burst.value if n is None else n)
+
+        self._asked += n
 
         async def go() -> int:
             for _ in range(n):
@@ -534,6 +636,13 @@ class LiveMonitor:
             self.stop_button.disabled = True
 
             async def go() -> None:
+                # bursts still publishing stop first: nothing is published into a
+                # runtime that is stopping, and the status says how many were not sent
+                bursts = [t for t in self._tasks if t is not asyncio.current_task()]
+                for t in bursts:
+                    t.cancel()
+                await asyncio.gather(*bursts, return_exceptions=True)
+                self.cancelled = self._asked - self.published
                 try:
                     await self.rt.stop()
                 finally:
@@ -583,8 +692,95 @@ class LiveMonitor:
     def __repr__(self) -> str:
         return f"LiveMonitor(consumer={self.consumer!r}, queue={self.queue!r})"
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = repr(self)
-        return bundle
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return static_fallback(self.widget._repr_mimebundle_(**kwargs), self.image, repr(self))
 
+
+
+# -- Replay ------------------------------------------------------------------------------
+
+
+class Replay:
+    """Scrub through a timeline: a Play button and a time slider draw the system's state
+    at each instant as the seed page's diagram (publisher, queue, prefetch buffer, each
+    worker's message, acked / nacked / dead-lettered), under a strip of the gauges.
+
+    Works on any :class:`~wqnb.timeline.Timeline` — simulated, live or merged. The state
+    at the slider's instant is :attr:`snapshot` (a :class:`wqnb.replay.Snapshot`, the
+    timeline's own gauges at that time); :meth:`seek` jumps to a time, :meth:`step` moves
+    a frame (what Play does, every ``interval`` ms, in the browser).
+    """
+
+    def __init__(self, timeline: Timeline, consumer: str | None = None, *,
+                 frames: int = 200, interval: int = 100, start: float | None = None,
+                 end: float | None = None) -> None:
+        from .replay import state_at
+
+        if frames < 2:
+            raise ValueError(f"Replay: frames must be ≥ 2, got {frames!r}")
+        self.timeline = timeline
+        self.consumer = pick_consumer(timeline, consumer)
+        self._state_at = state_at
+        t_last = float(timeline.df["t"].max()) if len(timeline.df) else 0.0
+        lo = 0.0 if start is None else float(start)
+        hi = t_last if end is None else float(end)
+        if not hi >= lo:
+            raise ValueError(f"Replay: end ({hi}) must not be before start ({lo})")
+        self.times = [lo + (hi - lo) * k / (frames - 1) for k in range(frames)]
+        self.play = W.Play(value=0, min=0, max=frames - 1, step=1, interval=interval,
+                           description="play", show_repeat=False)
+        self.slider = W.IntSlider(value=0, min=0, max=frames - 1, step=1, readout=False,
+                                  continuous_update=True, layout=W.Layout(width="520px"))
+        W.jslink((self.play, "value"), (self.slider, "value"))  # smooth in the browser
+        self.clock = W.HTML().add_class("wqnb-replay-time")
+        self.frame = W.HTML().add_class("wqnb-replay")
+        self.widget = W.VBox([W.HBox([self.play, self.slider, self.clock]), self.frame]
+                             ).add_class("wqnb-replay-widget")
+        self.snapshot = None
+        self.frames_drawn = 0
+        self.index = -1
+        # either may change first (the play in a browser, the slider in a test)
+        self.play.observe(self._on_index, names="value")
+        self.slider.observe(self._on_index, names="value")
+        self.show(0)
+
+    def _on_index(self, change: dict[str, Any]) -> None:
+        self.show(int(change["new"]))
+
+    def show(self, index: int) -> None:
+        """Draw frame ``index`` (0 … frames - 1)."""
+        from .replay import diagram_svg
+
+        index = max(0, min(int(index), len(self.times) - 1))
+        if index == self.index:
+            return
+        self.index = index
+        if self.slider.value != index:
+            self.slider.value = index
+        if self.play.value != index:
+            self.play.value = index
+        t = self.times[index]
+        self.snapshot = self._state_at(self.timeline, t, self.consumer)
+        self.frame.value = diagram_svg(self.snapshot)
+        self.clock.value = f"<code>t = {t:.3f} s / {self.times[-1]:.3f} s</code>"
+        self.frames_drawn += 1
+
+    def seek(self, t: float) -> None:
+        """Go to the frame nearest time ``t`` (seconds)."""
+        best = min(range(len(self.times)), key=lambda k: abs(self.times[k] - t))
+        self.show(best)
+
+    def step(self, n: int = 1) -> None:
+        """Move ``n`` frames on (what each tick of Play does)."""
+        self.show(self.index + n)
+
+    def __repr__(self) -> str:
+        return (f"Replay(consumer={self.consumer!r}, frames={len(self.times)}, "
+                f"t=0..{self.times[-1]:.3g} s)")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        data = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        data["text/plain"] = repr(self)
+        if self.frame.value:  # the first frame for static viewers (GitHub, nbviewer)
+            data["image/svg+xml"] = self.frame.value
+        return data, {}

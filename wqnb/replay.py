@@ -110,7 +110,7 @@ def state_at(tl: Timeline, t: float, consumer: str | None = None) -> Snapshot:
         publisher_waiting=waiting, workers=held, buffer=buffer,
         acked=int(((ev == "ack") & on_c).sum()),
         nacked=int(((ev == "nack") & on_c).sum()),
-        dead_lettered=int(((ev == "dead_letter") & on_q).sum()),
+        dead_lettered=int(((ev == "dead_letter") & (on_q | on_c)).sum()),
         concurrency=info.concurrency if info is not None else None,
         prefetch=info.prefetch if info is not None else None,
         max_length=q.max_length if q is not None else None,

@@ -22,8 +22,9 @@ _READY = ("publish", "requeue", "dead_letter")
 def messages(tl: Timeline) -> pd.DataFrame:
     """One row per delivery attempt, with its waits and service time (seconds).
 
-    Columns: ``msg_id, queue, consumer, worker, attempt, t_arrival, t_ready, t_deliver,
-    t_start, t_end, outcome, dead_lettered, queue_wait, buffer_wait, service, error``.
+    Columns: ``msg_id, queue, consumer, worker, attempt, t_ready, t_deliver, t_start,
+    t_end, outcome, dead_lettered, queue_wait, buffer_wait, service, error``, then the
+    ones below, and last ``t_arrival``.
     ``outcome`` is ``ack``, ``nack``, ``returned`` (handed back to the queue by a stop,
     unstarted or interrupted) or ``<NA>`` (still in hand). ``t_ready`` is when the message
     became ready in the queue for this attempt (its publish, or the requeue before it).
@@ -36,11 +37,11 @@ def messages(tl: Timeline) -> pd.DataFrame:
     the broker took the message back) is ``returned`` at that next delivery.
     """
     df = tl.df
-    cols = ["msg_id", "queue", "consumer", "worker", "attempt", "t_arrival", "t_ready", "t_deliver",
+    cols = ["msg_id", "queue", "consumer", "worker", "attempt", "t_ready", "t_deliver",
             "t_start", "t_end", "outcome", "dead_lettered", "queue_wait", "buffer_wait",
             "service", "error", "redelivered"] + (["process"] if "process" in df.columns else [])
     if df.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=cols + ["t_arrival"])
     msg = df["msg_id"].cat.codes.to_numpy()
     event = df["event"].astype(str).to_numpy()
     is_deliver = event == "deliver"
@@ -91,7 +92,7 @@ def messages(tl: Timeline) -> pd.DataFrame:
     out["outcome"] = pd.Categorical(out["outcome"], categories=["ack", "nack", "returned"])
     out["worker"] = out["worker"].astype("Int16")
     out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
-    return out[cols].reset_index(drop=True)
+    return out[cols + ["t_arrival"]].reset_index(drop=True)
 
 
 def _arrivals(df: pd.DataFrame, msg: np.ndarray, event: np.ndarray, t: np.ndarray) -> pd.Series:

@@ -151,7 +151,7 @@ def test_messages_view():
     m = small_run().timeline.messages()
     assert list(m.columns) == ["msg_id", "queue", "consumer", "worker", "attempt", "t_ready", "t_deliver",
                                "t_start", "t_end", "outcome", "dead_lettered", "queue_wait", "buffer_wait",
-                               "service", "error", "redelivered"]
+                               "service", "error", "redelivered", "t_arrival"]
     assert len(m) == 5  # four messages, one of them twice
     assert m["outcome"].astype(str).tolist().count("nack") == 1
     assert (m["service"] == 1.0).all()

@@ -201,8 +201,8 @@ class Summary(pd.Series):
 def summary(tl: Timeline) -> Summary:
     """Counts, throughput, latency percentiles, waits, utilisation and peaks of a run.
 
-    Latency (``latency_*``) runs from a message's publish to its ack; ``arrival_latency_*``
-    from its arrival (:func:`messages`' ``t_arrival``: earlier when a blocked publisher
+    Latency (``latency_*``) runs from a message's publish to its ack; end-to-end latency
+    (``e2e_latency_*``) from its arrival (:func:`messages`' ``t_arrival``: earlier when a blocked publisher
     waited with it). Counts are whole numbers; the names say each figure's unit (``_s``
     seconds, ``_per_s`` per second, ``utilisation`` 0 to 1).
     """
@@ -246,8 +246,8 @@ def summary(tl: Timeline) -> Summary:
             "latency_p50_s": pct(latency, 0.5),
             "latency_p90_s": pct(latency, 0.9),
             "latency_p99_s": pct(latency, 0.99),
-            "arrival_latency_mean_s": float(from_arrival.mean()) if len(from_arrival) else float("nan"),
-            "arrival_latency_p99_s": pct(from_arrival, 0.99),
+            "e2e_latency_mean_s": float(from_arrival.mean()) if len(from_arrival) else float("nan"),
+            "e2e_latency_p99_s": pct(from_arrival, 0.99),
             "queue_wait_mean_s": float(m["queue_wait"].mean()) if len(m) else float("nan"),
             "buffer_wait_mean_s": float(m["buffer_wait"].mean()) if len(m) else float("nan"),
             "service_mean_s": float(m["service"].mean()) if len(m) else float("nan"),

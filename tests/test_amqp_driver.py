@@ -341,7 +341,7 @@ def test_round_trip_bodies_headers_ids(amqp_url: str) -> None:
                 Message("b", 1, b"\xff\xfe\x00", {"timestamp": 1_700_000_000}),
                 Message("e", 2, "", {"correlation_id": "c", "amqp.priority": 1})]
         await d.publish(q, sent)
-        await d.consumer_qos(q, 10)
+        await d.subscribe(q, prefetch=10, concurrency=0)
         got = await fetch_n(d, q, 3)
         assert [(m.id, m.body, m.headers, m.attempt, m.redelivered) for m in got] == [
             (m.id, m.body, m.headers, 1, False) for m in sent]
@@ -364,7 +364,7 @@ def test_publish_waits_while_full_and_publish_nowait_raises(amqp_url: str) -> No
         await until(lambda: d.stats["refused"] >= 2, what="the broker refusing m3 (reject-publish)")
         assert not blocked.done()
         assert (await d.info(q))["ready"] == 2  # nothing dropped, nothing added
-        await d.consumer_qos(q, 1)
+        await d.subscribe(q, prefetch=1, concurrency=0)
         first = await fetch_n(d, q, 1)
         await d.ack(q, first)
         await asyncio.wait_for(blocked, 10)  # room: the retry went through
@@ -387,7 +387,7 @@ def test_publish_nowait_outbox_delivers_everything_it_accepted(amqp_url: str) ->
         free = await b.queue(d)
         for m in msgs("f1", "f2", "f3", "f4", "f5")[:2]:
             d.publish_nowait(free, m)
-        await d.consumer_qos(q, 10)
+        await d.subscribe(q, prefetch=10, concurrency=0)
         got = await fetch_n(d, q, 3)
         assert [m.id for m in got] == ["a", "b", "c"]
         await d.ack(q, got)
@@ -401,7 +401,7 @@ def test_nack_publishes_a_copy_with_attempt_plus_one_and_acks_the_original(amqp_
         d = await b.driver()
         q = await b.queue(d)
         await d.publish(q, msgs("m1", "m2", "m3", k="v"))
-        await d.consumer_qos(q, 10)
+        await d.subscribe(q, prefetch=10, concurrency=0)
         m1, m2, m3 = await fetch_n(d, q, 3)
         m1.attempt += 1  # the consumer raises it
         await d.nack(q, [m1])
@@ -423,7 +423,7 @@ def test_nack_into_a_full_queue_requeues_the_original_and_keeps_the_attempt(amqp
         d = await b.driver()
         q = await b.queue(d, max_length=1)
         await d.publish(q, msgs("m1"))
-        await d.consumer_qos(q, 1)
+        await d.subscribe(q, prefetch=1, concurrency=0)
         (m1,) = await fetch_n(d, q, 1)
         await d.publish(q, msgs("m2"))  # the queue is full again
         m1.attempt += 1
@@ -445,7 +445,7 @@ def test_release_puts_messages_back_in_order(amqp_url: str) -> None:
         q = await b.queue(d)
         ids = [f"m{i}" for i in range(5)]
         await d.publish(q, msgs(*ids))
-        await d.consumer_qos(q, 5)
+        await d.subscribe(q, prefetch=5, concurrency=0)
         got = await fetch_n(d, q, 5)
         await d.release(q, got[1:4:2])  # m1 m3: not contiguous, one frame each
         frames = d.stats["multiple_frames"]
@@ -466,7 +466,7 @@ def test_auto_ack_sends_no_acks_and_nack_still_retries(amqp_url: str) -> None:
         d = await b.driver()
         q = await b.queue(d)
         await d.publish(q, msgs("a1", "a2", "a3"))
-        await d.consumer_qos(q, 3, auto_ack=True)
+        await d.subscribe(q, prefetch=2, concurrency=1, auto_ack=True)
         got = await fetch_n(d, q, 3)
         await d.ack(q, got[:1])  # no frame: in no-ack mode it would close the channel
         got[1].attempt += 1
@@ -493,14 +493,14 @@ def test_interop_with_a_plain_aio_pika_program(amqp_url: str) -> None:
             # plain client -> wqnb: bytes, no wqnb headers: attempt 1, str where it is UTF-8
             await ch.default_exchange.publish(aio_pika.Message(b"plain hello"), routing_key=name)
             await ch.default_exchange.publish(aio_pika.Message(b"\xff\x01", message_id="given"), routing_key=name)
-            await d.consumer_qos(q, 5)
+            await d.subscribe(q, prefetch=5, concurrency=0)
             a, bb = await fetch_n(d, q, 2)
             assert (a.body, a.attempt) == ("plain hello", 1) and a.id
             # aio-pika's defaults come back as Wippy's receive keys (not persistent: mode 1)
             assert a.headers == {"amqp.priority": 0, "amqp.delivery_mode": 1}
             assert (bb.body, bb.id, bb.attempt) == (b"\xff\x01", "given", 1)
             await d.ack(q, [a, bb])
-            await d.consumer_stop(q)
+            await d.unsubscribe(q)
             # wqnb -> plain client: the body as sent, message_id = wqnb's id
             await d.publish(q, [Message("wqnb-id-1", 0, "from wqnb", {"k": 1}), Message("wqnb-id-2", 1, b"\x00", {})])
             queue = await ch.get_queue(name)
@@ -526,7 +526,7 @@ def test_quorum_queue_round_trip_and_nack(amqp_url: str) -> None:
         d = await b.driver()
         q = await b.queue(d, max_length=10, queue_type="quorum")
         await d.publish(q, msgs("q1", "q2"))
-        await d.consumer_qos(q, 4)
+        await d.subscribe(q, prefetch=4, concurrency=0)
         q1, q2 = await fetch_n(d, q, 2)
         q1.attempt += 1
         await d.nack(q, [q1])
@@ -545,7 +545,7 @@ def test_broker_restart_reconnects_and_publish_errors_when_it_stays_down(private
         d = await b.driver(reconnect_delay="0.1s", reconnect_max_delay="0.5s", publish_timeout="1s")
         q = await b.queue(d)
         await d.publish(q, msgs("before"))
-        await d.consumer_qos(q, 5)
+        await d.subscribe(q, prefetch=5, concurrency=0)
         (held,) = await fetch_n(d, q, 1)
         await asyncio.to_thread(server.kill)
         t0 = time.monotonic()
@@ -561,3 +561,90 @@ def test_broker_restart_reconnects_and_publish_errors_when_it_stays_down(private
         await d.ack(q, got)
 
     with_broker(server.url, body, timeout=120)
+
+
+def test_a_consumer_channel_closed_by_the_broker_is_reopened_and_old_acks_dropped(amqp_url: str) -> None:
+    async def body(b: Broker) -> None:
+        d = await b.driver()
+        q = await b.queue(d)
+        await d.publish(q, msgs("m1", "m2"))
+        await d.subscribe(q, prefetch=5, concurrency=0)
+        first = await fetch_n(d, q, 2)
+        sub = d._subs[q]
+        old = sub.raw
+        await old.basic_ack(999_999)  # an unknown tag: RabbitMQ closes the channel (406)
+        await until(lambda: sub.raw is not None and sub.raw is not old and not sub.raw.is_closed,
+                    what="the consumer channel reopened")
+        again = await fetch_n(d, q, 2)
+        assert [(m.id, m.redelivered) for m in again] == [("m1", True), ("m2", True)]
+        await d.ack(q, first)  # deliveries of the dead channel: no frame (it would close this one)
+        assert d.stats["stale_acks"] == 2
+        await d.ack(q, again)
+        assert await d.settled(q)
+
+    with_broker(amqp_url, body)
+
+
+def test_unsubscribe_releases_what_no_fetch_took(amqp_url: str) -> None:
+    async def body(b: Broker) -> None:
+        d = await b.driver()
+        q = await b.queue(d)
+        ids = [f"m{i}" for i in range(5)]
+        await d.publish(q, msgs(*ids))
+        await d.subscribe(q, prefetch=4, concurrency=1)
+        await until(lambda: len(d._subs[q].buffer) == 5, what="5 deliveries pushed here")
+        taken = await d.fetch(q, 2)
+        await d.unsubscribe(q)
+        assert (await d.info(q))["ready"] == 3
+        await d.ack(q, taken)  # handlers that were running still settle
+        assert not d.stats["stale_acks"] and not d.stats["dropped_settles"]
+        await d.subscribe(q, prefetch=4, concurrency=1)
+        rest = await fetch_n(d, q, 3)
+        assert [m.id for m in taken + rest] == ids
+        await d.ack(q, rest)
+        assert await d.settled(q)
+
+    with_broker(amqp_url, body)
+
+
+def test_outbox_retries_a_refused_publish_until_there_is_room(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wqnb.drivers import amqp as amqp_module
+
+    monkeypatch.setattr(amqp_module, "_DEPTH_REFRESH", 3600.0)  # the cached depth stays 0
+
+    async def body(b: Broker) -> None:
+        d = await b.driver()
+        q = await b.queue(d, max_length=1)
+        conn = await aio_pika.connect(amqp_url)
+        async with conn:  # another process fills the queue behind the cache's back
+            ch = await conn.channel()
+            await ch.default_exchange.publish(aio_pika.Message(b"other"), routing_key=q.partition(":")[2])
+        d.publish_nowait(q, Message("mine", 0, "x", {}))  # accepted: the cache says 0
+        await until(lambda: d.stats["refused"] >= 1, what="the broker refusing the outbox's publish")
+        with pytest.raises(QueueFull):
+            d.publish_nowait(q, Message("more", 0, "y", {}))  # now known full
+        await d.subscribe(q, prefetch=1, concurrency=0)
+        (other,) = await fetch_n(d, q, 1)
+        await d.ack(q, [other])
+        (mine,) = await fetch_n(d, q, 1)  # retried, not dropped
+        assert (other.body, mine.id) == ("other", "mine")
+        await d.ack(q, [mine])
+
+    with_broker(amqp_url, body)
+
+
+def test_auto_ack_buffer_is_bounded_without_losing_order(amqp_url: str) -> None:
+    async def body(b: Broker) -> None:
+        d = await b.driver()
+        q = await b.queue(d)
+        ids = [f"m{i:02d}" for i in range(60)]
+        await d.publish(q, msgs(*ids))
+        await d.subscribe(q, prefetch=2, concurrency=1, auto_ack=True)  # RabbitMQ ignores qos here
+        got: list[Message] = []
+        while len(got) < len(ids):
+            got += await asyncio.wait_for(d.fetch(q, 1), 10)
+        assert [m.id for m in got] == ids
+        assert d.stats["paused"] >= 1  # the driver stopped the push while its buffer was full
+        assert (await d.info(q))["ready"] == 0
+
+    with_broker(amqp_url, body)

@@ -16,7 +16,7 @@ The contract is :mod:`wqnb.drivers.base`; the decisions are notes/brokers.md §1
   :meth:`AmqpDriver.stop` waits for the outbox and raises ``PublishError`` naming how many
   it could not deliver, never a silent drop.
 * **fetch** pops messages that ``basic.consume`` pushed into a local buffer. The broker
-  bounds that push with ``basic.qos``: the consumer calls :meth:`AmqpDriver.consumer_qos`
+  bounds that push with ``basic.qos``: the consumer calls :meth:`AmqpDriver.subscribe`
   with ``prefetch + concurrency`` before its first fetch (the driver entry's
   ``prefetch_count`` overrides it, Wippy's knob).
 * **ack** = ``basic.ack`` (one ``multiple`` frame when the batch is every outstanding
@@ -79,6 +79,9 @@ _FULL_BACKOFF = (0.005, 0.1)  # publish retry while the broker refuses for capac
 _DEPTH_REFRESH = 0.5
 _ATTEMPTS_KEPT = 100_000
 
+#: A message ready to send: (message, body bytes, properties).
+_Frame = tuple[Message, bytes, Basic.Properties]
+
 
 @dataclass
 class _QueueState:
@@ -112,6 +115,8 @@ class _Subscription:
     unacked: dict[int, None] = field(default_factory=dict)  # outstanding delivery tags, in order
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     paused: bool = False  # auto_ack flow control: consumer cancelled while the buffer is full
+    pausing: asyncio.Task[None] | None = None
+    resuming: bool = False
     stopped: bool = False
 
     def wake(self) -> None:
@@ -145,11 +150,12 @@ class AmqpDriver(Driver):
         self._closing = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: collections.deque[tuple[str, Message]] = collections.deque()
+        self._outbox: collections.deque[tuple[str, _Frame]] = collections.deque()
         self._outbox_ready = asyncio.Event()
         self._outbox_idle = asyncio.Event()
         self._outbox_idle.set()
         self._flush_error: BaseException | None = None
+        self._outbox_inflight = 0  # the batch the flusher is publishing
         self._attempts: collections.OrderedDict[str, int] = collections.OrderedDict()
         ttl = self.config.default_message_ttl
         self._default_expiration = None if ttl is None else int(round(ttl * 1000))
@@ -239,7 +245,7 @@ class AmqpDriver(Driver):
                 await asyncio.wait_for(self._outbox_idle.wait(), self.config.publish_timeout)
             except asyncio.TimeoutError:
                 pass
-            undelivered = len(self._outbox) + (0 if self._outbox_idle.is_set() else 1)
+            undelivered = len(self._outbox) + self._outbox_inflight
         self._closing = True
         self._started = False
         for t in self._tasks:
@@ -260,7 +266,7 @@ class AmqpDriver(Driver):
         self._connected.clear()
         self._lost.clear()
         if undelivered:
-            n = len(self._outbox)
+            n = undelivered
             self._outbox.clear()
             raise PublishError(
                 f"{self.kind} {self.id}: {n} message(s) accepted by publish_nowait could not be "
@@ -288,10 +294,12 @@ class AmqpDriver(Driver):
             self._lost.clear()
             self.stats["reconnects"] += 1
             self._connected.set()
-            for sub in self._subs.values():
-                if not sub.stopped:
+            for sub in list(self._subs.values()):
+                if sub.stopped:
+                    continue
+                if sub.raw is not None and sub.raw.is_closed:
                     self._reset_subscription(sub)
-                    await self._open_subscription(sub)
+                await self._open_subscription(sub)  # no-op if already reopened
 
     async def _wait_connected(self, deadline: float, what: str) -> None:
         remaining = deadline - asyncio.get_running_loop().time()
@@ -366,18 +374,30 @@ class AmqpDriver(Driver):
         the driver retries while the broker refuses (RabbitMQ offers no way past it)."""
         await self._publish(self._state(queue_id), list(messages), "store")
 
-    async def _publish(self, state: _QueueState, pending: list[Message], what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.publish_timeout
+    def _encode(self, state: _QueueState, messages: Sequence[Message], what: str) -> list[_Frame]:
         frames = []
-        for m in pending:
+        for m in messages:
             try:
                 frames.append((m, *amqp_wire.encode(m, default_expiration_ms=self._default_expiration)))
             except ValueError as e:
                 raise PublishError(f"{self.kind} {self.id}: {what} to {state.spec.id}: {e}") from None
+        return frames
+
+    async def _publish(self, state: _QueueState, messages: Sequence[Message], what: str) -> None:
+        await self._publish_frames(state, self._encode(state, messages, what), what)
+
+    async def _publish_frames(self, state: _QueueState, frames: list[_Frame], what: str, *,
+                              refused_ids: set[str] | None = None) -> None:
+        """Confirmed publishes, in order; retried while the broker refuses them for
+        capacity (no time limit: that is backpressure) and while it is unreachable (up to
+        ``publish_timeout``, then :class:`PublishError`). With ``refused_ids``, a refused
+        message is not retried: its id is added there (a nack's fallback)."""
+        loop = asyncio.get_running_loop()
+        where = f"{what} to {state.spec.id}"
+        deadline = loop.time() + self.config.publish_timeout
         backoff = _FULL_BACKOFF[0]
         while frames:
-            await self._wait_connected(deadline, f"{what} to {state.spec.id}")
+            await self._wait_connected(deadline, where)
             ch = self._pub
             results = await asyncio.gather(
                 *(ch.basic_publish(body, routing_key=state.name, properties=props, mandatory=True)
@@ -389,10 +409,12 @@ class AmqpDriver(Driver):
                 if isinstance(r, Basic.Ack):
                     state.delta += 1
                     continue
-                retry.append(frame)
                 if isinstance(r, aiormq.exceptions.DeliveryError) and not isinstance(
                         r, aiormq.exceptions.PublishError):
                     refused += 1  # basic.nack: reject-publish, the queue is full
+                    if refused_ids is not None:
+                        refused_ids.add(frame[0].id)
+                        continue
                 elif isinstance(r, DeliveredMessage):
                     unroutable += 1  # basic.return: the queue is gone (deleted under us)
                 elif isinstance(r, asyncio.CancelledError):
@@ -401,29 +423,29 @@ class AmqpDriver(Driver):
                     lost += 1
                 elif isinstance(r, BaseException):
                     raise r
-            frames = retry
-            if not frames:
-                break
-            if unroutable:
-                self.stats["unroutable"] += unroutable
-                if loop.time() > deadline:
-                    raise PublishError(f"{self.kind} {self.id}: {what} to {state.spec.id}: "
-                                       f"broker queue {state.name!r} does not exist")
-                await self._redeclare(state)
-            if lost:
-                self.stats["publish_lost"] += lost
-                if self._connected.is_set() and self._pub is ch and ch.is_closed:
-                    await self._reopen_publish_channel(ch)
-                if loop.time() > deadline:
-                    await self._wait_connected(loop.time(), f"{what} to {state.spec.id}")
-                await asyncio.sleep(min(backoff, 0.05))
-                continue
+                retry.append(frame)
             if refused:
                 state.full = True
                 self.stats["refused"] += refused
-                deadline = loop.time() + self.config.publish_timeout  # full is not unreachable
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _FULL_BACKOFF[1])
+            frames = retry
+            if not frames:
+                break
+            if unroutable or lost:
+                self.stats["unroutable"] += unroutable
+                self.stats["publish_lost"] += lost
+                if loop.time() > deadline:
+                    why = (f"broker queue {state.name!r} does not exist" if unroutable else
+                           f"{self.safe_url} unreachable for publish_timeout {self.config.publish_timeout:g}s")
+                    raise PublishError(f"{self.kind} {self.id}: {where}: {why}")
+                if self._connected.is_set() and self._pub is ch and ch.is_closed:
+                    await self._reopen_publish_channel(ch)
+                if unroutable:
+                    await self._redeclare(state)
+                await asyncio.sleep(0.02)
+                continue
+            deadline = loop.time() + self.config.publish_timeout  # full is not unreachable
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _FULL_BACKOFF[1])
 
     async def _redeclare(self, state: _QueueState) -> None:
         try:
@@ -449,54 +471,66 @@ class AmqpDriver(Driver):
         cap = state.spec.max_length
         if cap is not None and (state.full or self.depth(queue_id) + state.outbox >= cap):
             raise QueueFull(f"queue is full: {queue_id} holds max_length={cap} messages")
-        self._outbox.append((queue_id, message))
+        self._outbox.append((queue_id, self._encode(state, [message], "publish_nowait")[0]))
         state.outbox += 1
         self._outbox_idle.clear()
         self._outbox_ready.set()
 
     async def _flush_outbox(self) -> None:
         """Publish what publish_nowait accepted, in order, in batches per queue."""
+        try:
+            await self._flush_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug: say so on the next publish_nowait, never drop silently
+            log.exception("%s: outbox flusher failed", self.id)
+            self._flush_error = e
+
+    async def _flush_forever(self) -> None:
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             while self._outbox:
                 qid = self._outbox[0][0]
-                batch: list[Message] = []
+                batch: list[_Frame] = []
                 while self._outbox and self._outbox[0][0] == qid and len(batch) < 256:
                     batch.append(self._outbox.popleft()[1])
                 state = self._queues[qid]
+                self._outbox_inflight = len(batch)
                 try:
                     while True:
                         try:
-                            await self._publish(state, batch, "publish_nowait")
+                            await self._publish_frames(state, batch, "publish_nowait")
                             break
                         except PublishError as e:  # unreachable too long: keep trying, say so
                             log.error("%s: %s; %d message(s) kept in the outbox, retrying", self.id, e,
                                       len(batch) + len(self._outbox))
                             if not self._started:
-                                self._outbox.extendleft(reversed([(qid, m) for m in batch]))
+                                self._outbox.extendleft(reversed([(qid, f) for f in batch]))
                                 return
                 finally:
                     state.outbox -= len(batch)
+                    self._outbox_inflight = 0
             self._outbox_idle.set()
 
     # -- consuming ----------------------------------------------------------------------
-    async def consumer_qos(self, queue_id: str, qos: int, *, auto_ack: bool = False,
-                           exclusive: bool = False, consumer_tag: str | None = None,
-                           options: dict[str, Any] | None = None) -> None:
-        """Subscribe this process to ``queue_id`` with ``basic.qos(qos)`` (a consumer
-        passes ``prefetch + concurrency``; the entry's ``prefetch_count`` wins if set).
-        ``options`` is the consumer entry's ``driver_options.amqp`` (``exclusive``,
-        ``consumer_tag``). Called again for the same queue (a second consumer entry in
-        this process), the QoS adds up."""
+    async def subscribe(self, queue_id: str, *, prefetch: int, concurrency: int, auto_ack: bool = False,
+                        options: dict[str, Any] | None = None) -> None:
+        """A consumer starts: ``basic.qos(prefetch + concurrency)`` (the driver entry's
+        ``prefetch_count`` wins if set: Wippy's knob), then ``basic.consume`` (``no_ack``
+        with ``auto_ack``). ``options`` is the consumer's ``driver_options.amqp``
+        (``exclusive``, ``consumer_tag``). A second consumer entry on the same queue in
+        this process shares the subscription and its QoS adds up."""
+        await self._subscribe(queue_id, prefetch + concurrency, auto_ack=auto_ack, options=options)
+
+    async def _subscribe(self, queue_id: str, qos: int, *, auto_ack: bool = False,
+                         options: dict[str, Any] | None = None) -> None:
         self._state(queue_id)
-        if options:
-            o = AmqpConsumerOptions.parse(options)
-            exclusive = exclusive or o.exclusive
-            consumer_tag = consumer_tag or o.consumer_tag or None
+        o = AmqpConsumerOptions.parse(options or {})
+        exclusive, consumer_tag = o.exclusive, o.consumer_tag or None
         qos = self.config.prefetch_count or max(1, int(qos))
         sub = self._subs.get(queue_id)
-        if sub is not None and sub.stopped:  # consuming again after consumer_stop
+        if sub is not None and sub.stopped:  # consuming again after unsubscribe
             sub.stopped, sub.qos, sub.auto_ack, sub.paused = False, qos, auto_ack, False
             sub.exclusive, sub.consumer_tag = exclusive, consumer_tag or ""
             if self._started and sub.raw is not None and not sub.raw.is_closed:
@@ -515,10 +549,10 @@ class AmqpDriver(Driver):
         if self._started:
             await self._open_subscription(sub)
 
-    async def consumer_stop(self, queue_id: str) -> None:
-        """Stop consuming ``queue_id``: ``basic.cancel``, then release what the broker had
-        pushed here that no fetch took (call it before :meth:`release` of the consumer's
-        own buffer)."""
+    async def unsubscribe(self, queue_id: str) -> None:
+        """The consumer stops taking: ``basic.cancel``, then what the broker pushed here
+        that no fetch returned is released (``basic.nack(requeue)``; republished with
+        ``auto_ack``). Acks, nacks and releases of fetched messages still work."""
         sub = self._subs.get(queue_id)
         if sub is None or sub.stopped:
             return
@@ -564,7 +598,9 @@ class AmqpDriver(Driver):
                     break
                 except _LOST as e:
                     if isinstance(e, aiormq.exceptions.ChannelAccessRefused):
-                        raise  # exclusive consumer elsewhere: not ours to retry
+                        raise DriverUnavailable(  # not ours to retry
+                            f"{self.kind} {self.id}: cannot consume {state.spec.id} (broker queue "
+                            f"{state.name!r}): {_reason(e, self.config.url)}") from None
                     if isinstance(e, aiormq.exceptions.ChannelNotFoundEntity):
                         await self._redeclare(state)  # deleted under us
                     await asyncio.sleep(backoff)
@@ -586,12 +622,16 @@ class AmqpDriver(Driver):
             m.redelivered = bool(d.delivery.redelivered)
             if not sub.auto_ack:
                 sub.unacked[d.delivery.delivery_tag] = None
+            if sub.stopped:  # arrived after unsubscribe handed the buffer back
+                loop.create_task(self.release(sub.queue_id, [m]))
+                return
             state.delta -= 1
             sub.buffer.append(m)
             sub.wake()
             if sub.auto_ack and not sub.paused and len(sub.buffer) > sub.qos:
                 sub.paused = True
-                loop.create_task(self._pause(sub, raw))
+                self.stats["paused"] += 1
+                sub.pausing = loop.create_task(self._pause(sub, raw))
 
         tag = sub.consumer_tag or ""
         if tag:
@@ -607,15 +647,21 @@ class AmqpDriver(Driver):
             pass
 
     async def _resume(self, sub: _Subscription) -> None:
-        raw = sub.raw
-        if raw is None or raw.is_closed or not sub.paused or sub.stopped:
+        if sub.resuming:
             return
-        sub.paused = False
+        sub.resuming = True
         try:
-            raw.consumers.pop(sub.tag, None)
+            if sub.pausing is not None:
+                await sub.pausing  # cancel-ok first: the tag may be reused
+            raw = sub.raw
+            if raw is None or raw.is_closed or not sub.paused or sub.stopped:
+                return
+            sub.paused = False
             await self._consume(sub, self._state(sub.queue_id))
         except _LOST:
             pass
+        finally:
+            sub.resuming = False
 
     def _on_sub_closed(self, sub: _Subscription, raw: Any, exc: BaseException | None) -> None:
         if self._closing or sub.raw is not raw:
@@ -630,8 +676,8 @@ class AmqpDriver(Driver):
 
     async def _subscription(self, queue_id: str, n: int) -> _Subscription:
         sub = self._subs.get(queue_id)
-        if sub is None:
-            await self.consumer_qos(queue_id, n)
+        if sub is None:  # fetch without subscribe: QoS = the first fetch's size
+            await self._subscribe(queue_id, n)
             sub = self._subs[queue_id]
         return sub
 
@@ -717,7 +763,8 @@ class AmqpDriver(Driver):
         if auto:
             await self._publish(state, copies, "nack")
             return
-        refused = await self._publish_once_or_refused(state, copies)
+        refused: set[str] = set()
+        await self._publish_frames(state, self._encode(state, copies, "nack"), "nack", refused_ids=refused)
         done = [m for m in live if m.id not in refused]
         back = [m for m in live if m.id in refused]
         for m in back:
@@ -728,45 +775,6 @@ class AmqpDriver(Driver):
                            requeue=None)
         await self._settle(sub, [m.receipt.delivery.delivery_tag for m in back if self._live(sub, m)],
                            requeue=True)
-
-    async def _publish_once_or_refused(self, state: _QueueState, copies: list[Message]) -> set[str]:
-        """Publish the nack copies; the ids the broker refused for capacity (not retried:
-        the caller requeues those originals instead)."""
-        refused: set[str] = set()
-        pending = copies
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.publish_timeout
-        while pending:
-            await self._wait_connected(deadline, f"nack to {state.spec.id}")
-            frames = [(m, *amqp_wire.encode(m, default_expiration_ms=self._default_expiration))
-                      for m in pending]
-            ch = self._pub
-            results = await asyncio.gather(
-                *(ch.basic_publish(b, routing_key=state.name, properties=p, mandatory=True)
-                  for _, b, p in frames), return_exceptions=True)
-            again = []
-            for (m, _, _), r in zip(frames, results, strict=True):
-                if isinstance(r, Basic.Ack):
-                    state.delta += 1
-                elif isinstance(r, aiormq.exceptions.DeliveryError) and not isinstance(
-                        r, aiormq.exceptions.PublishError):
-                    refused.add(m.id)
-                    state.full = True
-                elif isinstance(r, asyncio.CancelledError):
-                    raise r
-                elif isinstance(r, DeliveredMessage):
-                    await self._redeclare(state)
-                    again.append(m)
-                elif isinstance(r, (*_LOST, asyncio.TimeoutError)):
-                    again.append(m)
-                elif isinstance(r, BaseException):
-                    raise r
-            pending = again
-            if pending:
-                if self._connected.is_set() and ch.is_closed:
-                    await self._reopen_publish_channel(ch)
-                await asyncio.sleep(0.05)
-        return refused
 
     def _remember_attempt(self, m: Message) -> None:
         a = self._attempts
@@ -797,6 +805,8 @@ class AmqpDriver(Driver):
         return max(0, state.ready + state.delta) + local
 
     async def _passive(self, state: _QueueState) -> Any:
+        if self._ctl_raw is None or self._ctl_raw.is_closed:
+            await self._reopen_ctl()
         try:
             return await self._ctl_raw.queue_declare(state.name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -826,8 +836,9 @@ class AmqpDriver(Driver):
 
     async def info(self, queue_id: str) -> dict[str, Any]:
         """``message_count``/``ready`` (the broker's ready count), ``consumers`` (the
-        broker's), and ``unacked_here``: deliveries this process holds unsettled (the
-        broker's own unacked figure is not in ``queue.declare``)."""
+        broker's), and ``in_flight``: deliveries to *this process* not settled yet,
+        fetched or still in the driver's buffer (RabbitMQ's ``queue.declare`` does not
+        report unacked messages, so other processes' are not in it)."""
         state = self._state(queue_id)
         await self._wait_connected(asyncio.get_running_loop().time() + self.config.connection_timeout,
                                    f"info of {queue_id}")
@@ -836,7 +847,7 @@ class AmqpDriver(Driver):
         sub = self._subs.get(queue_id)
         held = (len(sub.unacked) if not sub.auto_ack else len(sub.buffer)) if sub else 0
         return {"message_count": ok.message_count, "ready": ok.message_count,
-                "consumers": ok.consumer_count, "unacked_here": held}
+                "consumers": ok.consumer_count, "in_flight": held}
 
     async def settled(self, queue_id: str) -> bool:
         """For ``drain()``: the broker holds no ready message of ``queue_id``, nothing

@@ -86,23 +86,28 @@ import asyncio, os, sys
 import wqnb
 
 
-async def main(app, first, count, out, rate):
+async def main(app, first, count, out, rate, batch):
     rt = wqnb.Runtime.from_yaml(app)
     await rt.start()  # the driver only: the consumer is not auto_start
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    async def one(i):
+        body = f"m{i:06d}"
+        await rt.publish("app:tasks", body)  # returns once the broker confirmed
+        os.write(fd, (body + "\\n").encode())
+
     try:
-        for i in range(first, first + count):
-            body = f"m{i:06d}"
-            await rt.publish("app:tasks", body)  # returns once the broker confirmed
-            os.write(fd, (body + "\\n").encode())
+        for start in range(first, first + count, batch):
+            await asyncio.gather(*(one(i) for i in range(start, min(start + batch, first + count))))
             if rate:
-                await asyncio.sleep(1 / rate)  # the workload's pace
+                await asyncio.sleep(batch / rate)  # the workload's pace
     finally:
         await rt.stop()
     print(f"published {count}", flush=True)
 
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]),
+                 int(sys.argv[6])))
 """
 
 
@@ -239,11 +244,12 @@ class Scenario:
         assert w.popen.poll() is None, f"worker {w.name} exited at start:\n{w.output()}"
 
     def publisher(self, app: Path, count: int, *, first: int = 0, rate: float = 0.0,
-                  name: str = "publisher") -> Proc:
+                  batch: int = 1, name: str = "publisher") -> Proc:
+        """A publisher process: `batch` concurrent publishes at a time, `rate` a second."""
         script = self.dir / "publisher.py"
         script.write_text(PUBLISHER)
         argv = [sys.executable, str(script), str(app), str(first), str(count),
-                str(self.published_file), str(rate)]
+                str(self.published_file), str(rate), str(batch)]
         p = Proc(self._spawn(argv, name, self.env()), name, self.dir / f"{name}.log")
         self.procs.append(p)
         return p
@@ -487,7 +493,7 @@ def test_soak_one_publisher_three_workers_one_killed_and_restarted(shared: Scena
     n = 5000
     app = shared.write_app(prefetch=50, concurrency=4)
     workers = shared.start_workers(["w0", "w1", "w2"], app)
-    pub = shared.publisher(app, n)
+    pub = shared.publisher(app, n, batch=20)
     wait_for(lambda: len(workers[1].handled()) >= 200 and len(shared.published()) >= 1500,
              "the soak to be under way")
     workers[1].kill9()

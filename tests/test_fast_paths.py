@@ -225,7 +225,7 @@ async def _noop_body(body):
 
 def test_depth_through_ready_view_is_the_drivers_depth():
     mem = MemoryDriver("m")
-    mem.declare(wqnb.drivers.base.QueueSpec("q", max_length=5))
+    mem.declare_now(wqnb.drivers.base.QueueSpec("q", max_length=5))
     view = mem.ready_view("q")
     mem.publish_nowait("q", Message(None, 0, "x"))
     assert len(view) == mem.depth("q") == 1
@@ -235,7 +235,7 @@ def test_depth_through_ready_view_is_the_drivers_depth():
             return Driver.ready_view(self, queue_id)
 
     other = Counting("c")
-    other.declare(wqnb.drivers.base.QueueSpec("q"))
+    other.declare_now(wqnb.drivers.base.QueueSpec("q"))
     view = other.ready_view("q")
     assert len(view) == 0 and not view
     other.publish_nowait("q", Message(None, 0, "x"))
@@ -247,9 +247,9 @@ def test_a_redeclared_memory_queue_takes_its_new_max_length():
     from wqnb.drivers.base import QueueSpec
 
     mem = MemoryDriver("m")
-    mem.declare(QueueSpec("q", max_length=1))
+    mem.declare_now(QueueSpec("q", max_length=1))
     mem.publish_nowait("q", Message(None, 0, "x"))
-    mem.declare(QueueSpec("q", max_length=2))
+    mem.declare_now(QueueSpec("q", max_length=2))
     mem.publish_nowait("q", Message(None, 1, "y"))  # room now
     with pytest.raises(wqnb.QueueFull):
         mem.publish_nowait("q", Message(None, 2, "z"))

@@ -25,8 +25,14 @@ def msg(i: int) -> Message:
 def driver(*specs: QueueSpec) -> MemoryDriver:
     d = MemoryDriver("t:mem")
     for s in specs or (QueueSpec("q", 3),):
-        d.declare(s)
+        d.declare_now(s)
     return d
+
+
+def room(d: MemoryDriver, queue_id: str) -> bool:
+    """True when a publish would not wait now."""
+    q = d.local(queue_id)
+    return len(q.ready) < q.capacity
 
 
 def seqs(messages) -> list[int]:
@@ -39,31 +45,31 @@ def test_fifo():
     for i in range(5):
         d.publish_nowait("q", msg(i))
     assert d.depth("q") == 5
-    assert seqs(d.take_nowait("q", 2)) == [0, 1]
-    assert seqs(d.take_nowait("q", 10)) == [2, 3, 4]
-    assert d.take_nowait("q", 10) == []
+    assert seqs(d.local("q").take_nowait(2)) == [0, 1]
+    assert seqs(d.local("q").take_nowait(10)) == [2, 3, 4]
+    assert d.local("q").take_nowait(10) == []
 
 
 def test_capacity_and_publish_nowait_raises_queue_full():
     d = driver(QueueSpec("q", 3))
     for i in range(3):
         d.publish_nowait("q", msg(i))
-    assert d.room("q") is False
+    assert room(d, "q") is False
     with pytest.raises(wqnb.QueueFull, match=r"^queue is full: q holds max_length=3 messages$"):
         d.publish_nowait("q", msg(3))
     assert d.depth("q") == 3
-    d.take_nowait("q", 1)
-    assert d.room("q") is True
+    d.local("q").take_nowait(1)
+    assert room(d, "q") is True
 
 
 def test_requeue_ignores_capacity_and_keeps_order():
     d = driver(QueueSpec("q", 2))
     d.publish_nowait("q", msg(0))
     d.publish_nowait("q", msg(1))
-    d.requeue("q", [msg(7), msg(8)], front=True)
-    d.requeue("q", [msg(9)], front=False)
+    d.local("q").requeue([msg(7), msg(8)], front=True)
+    d.local("q").requeue([msg(9)], front=False)
     assert d.depth("q") == 5
-    assert seqs(d.take_nowait("q", 10)) == [7, 8, 0, 1, 9]
+    assert seqs(d.local("q").take_nowait(10)) == [7, 8, 0, 1, 9]
 
 
 def test_publish_waits_while_full_exactly_until_room():
@@ -74,17 +80,20 @@ def test_publish_waits_while_full_exactly_until_room():
 
         async def publisher():
             t = now()
-            waited = await d.publish("q", msg(1))
+            waited = not room(d, "q")
+            await d.publish("q", [msg(1)])
             waited_at.append((t, now(), waited))
 
         task = asyncio.create_task(publisher())
         await asyncio.sleep(5)
         assert not task.done() and d.depth("q") == 1
-        assert seqs(d.take_nowait("q", 1)) == [0]  # room appears at t = 5
+        assert seqs(d.local("q").take_nowait(1)) == [0]  # room appears at t = 5
         await task
         assert waited_at == [(0.0, 5.0, True)]
-        assert seqs(d.take_nowait("q", 1)) == [1]
-        assert await d.publish("q", msg(2)) is False  # room: no wait
+        assert seqs(d.local("q").take_nowait(1)) == [1]
+        t = now()
+        await d.publish("q", [msg(2)])  # room: no wait
+        assert now() == t
 
     virtual(main)
 
@@ -93,11 +102,11 @@ def test_waiting_publishers_go_in_order():
     async def main():
         d = driver(QueueSpec("q", 1))
         d.publish_nowait("q", msg(0))
-        tasks = [asyncio.create_task(d.publish("q", msg(i))) for i in (1, 2, 3)]
+        tasks = [asyncio.create_task(d.publish("q", [msg(i)])) for i in (1, 2, 3)]
         await asyncio.sleep(1)
         got = []
         for _ in range(4):
-            got += seqs(await d.take("q", 10))
+            got += seqs(await d.fetch("q", 10))
             await asyncio.sleep(1)
         await asyncio.gather(*tasks)
         assert got == [0, 1, 2, 3]
@@ -108,14 +117,14 @@ def test_waiting_publishers_go_in_order():
 def test_take_waits_and_a_cancelled_taker_loses_nothing():
     async def main():
         d = driver(QueueSpec("q", 10))
-        taker = asyncio.create_task(d.take("q", 5))
+        taker = asyncio.create_task(d.fetch("q", 5))
         await asyncio.sleep(1)
         assert not taker.done()
         taker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await taker
         d.publish_nowait("q", msg(0))
-        second = asyncio.create_task(d.take("q", 5))
+        second = asyncio.create_task(d.fetch("q", 5))
         assert seqs(await second) == [0]
 
     virtual(main)
@@ -130,7 +139,7 @@ def test_take_wakes_when_a_message_arrives_at_an_exact_time():
             d.publish_nowait("q", msg(0))
 
         asyncio.create_task(later())
-        got = await d.take("q", 5)
+        got = await d.fetch("q", 5)
         assert (seqs(got), now()) == ([0], 2.5)
 
     virtual(main)
@@ -146,16 +155,16 @@ def test_several_queues_share_a_driver():
         d.publish_nowait("a", msg(9))
     d.publish_nowait("b", msg(6))  # b has its own capacity
     assert (d.depth("a"), d.depth("b")) == (2, 5)
-    assert seqs(d.take_nowait("b", 10)) == [2, 3, 4, 5, 6]
-    assert seqs(d.take_nowait("a", 10)) == [0, 1]
+    assert seqs(d.local("b").take_nowait(10)) == [2, 3, 4, 5, 6]
+    assert seqs(d.local("a").take_nowait(10)) == [0, 1]
 
 
 def test_info_shape_and_unknown_queue():
     d = driver(QueueSpec("q", 10))
-    assert d.info("q") == {"message_count": 0, "ready": 0}
+    assert asyncio.run(d.info("q")) == {"message_count": 0, "ready": 0}
     d.publish_nowait("q", msg(0))
     d.publish_nowait("q", msg(1))
-    assert d.info("q") == {"message_count": 2, "ready": 2}
+    assert asyncio.run(d.info("q")) == {"message_count": 2, "ready": 2}
     assert d.has_queue("q") and not d.has_queue("x")
     with pytest.raises(wqnb.QueueNotFound, match=r"^queue not found: x$"):
         d.publish_nowait("x", msg(0))
@@ -166,7 +175,7 @@ def test_info_shape_and_unknown_queue():
 def test_redeclare_keeps_the_backlog():
     d = driver(QueueSpec("q", 2))
     d.publish_nowait("q", msg(0))
-    d.declare(QueueSpec("q", 5))
+    d.declare_now(QueueSpec("q", 5))
     assert d.depth("q") == 1
 
 
@@ -205,19 +214,19 @@ def test_driver_matches_a_bounded_deque(cap, ops):
                 d.publish_nowait("q", m)
                 model.q.append(m.seq)
         elif op == "take":
-            got = seqs(d.take_nowait("q", n))
+            got = seqs(d.local("q").take_nowait(n))
             want = [model.q.popleft() for _ in range(min(n, len(model.q)))]
             assert got == want
         else:
             ms = [msg(nxt + i) for i in range(n)]
             nxt += n
-            d.requeue("q", ms, front=op == "requeue_front")
+            d.local("q").requeue(ms, front=op == "requeue_front")
             if op == "requeue_front":
                 model.q.extendleft(reversed([m.seq for m in ms]))
             else:
                 model.q.extend(m.seq for m in ms)
         assert d.depth("q") == len(model.q)
-        assert d.room("q") == (len(model.q) < cap)
+        assert room(d, "q") == (len(model.q) < cap)
 
 
 # -- through the runtime --------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The broker path: a driver that cannot push (Redis, AMQP) is pulled by a fetcher task.
 
-``PullDriver`` is the memory driver with its fast paths switched off, so the consumer's
-pull intake (batched ``take``) and the runtime's awaited ``publish`` run exactly as they
-will for a broker, with the same guarantees.
+``PullDriver`` is the reference driver (``tests/_reference_driver.py``: wire-form
+messages, receipts, in-flight until settled, no in-process fast paths), so the consumer's
+pull intake (batched ``fetch``) and the runtime's awaited ``publish`` run exactly as they
+do for a broker, with the same guarantees.
 """
 
 from __future__ import annotations
@@ -12,38 +13,25 @@ import asyncio
 import pytest
 
 import wqnb
-from wqnb.drivers.memory import MemoryDriver
+from _reference_driver import ReferenceDriver
 from wqnb.runtime import DRIVERS
 
 
-class PullDriver(MemoryDriver):
+class PullDriver(ReferenceDriver):
     kind = "queue.driver.redis"  # stands in for a broker in this test
-    ack_is_noop = False
 
     def __init__(self, id, options=None):
         super().__init__(id, options)
-        self.acked = 0
         self.takes: list[int] = []
 
-    def putter(self, queue_id):
-        return None
-
-    def waker(self, queue_id):
-        return lambda: None
-
-    def taker(self, queue_id):
-        return lambda n: []
-
-    def notifier(self, queue_id):
-        return None
-
-    async def take(self, queue_id, max_messages):
-        got = await super().take(queue_id, max_messages)
+    async def fetch(self, queue_id, max_messages):
+        got = await super().fetch(queue_id, max_messages)
         self.takes.append(len(got))
         return got
 
-    async def ack(self, queue_id, messages):
-        self.acked += len(messages)
+    @property
+    def acked(self) -> int:
+        return sum(1 for op, _, _ in self.frames if op == "ack")
 
 
 APP = """
@@ -86,7 +74,8 @@ def test_pull_mode_fetches_in_batches_and_acks_through_the_driver(pull_driver):
     async def main():
         rt = wqnb.Runtime.from_yaml_string(APP)
         rt.register_function("t:f", lambda body: None, offload=False)
-        for i in range(12):  # published before start: the first take is a batch
+        await rt.start("t:d")  # the broker connection first (queues are declared on it)
+        for i in range(12):  # published before the consumer starts: the first fetch is a batch
             await rt.publish("t:q", i)
         await rt.start()
         await rt.drain()
@@ -110,13 +99,14 @@ def test_pull_mode_stop_hands_buffered_messages_back_in_order(pull_driver):
             await gate.wait()
 
         rt.register_function("t:f", blocked)
+        await rt.start("t:d")
         for i in range(10):
             await rt.publish("t:q", f"m{i}")
         await rt.start()
         await asyncio.sleep(1)
         with pytest.raises(wqnb.StopTimeout, match="t:c"):
             await rt.stop()
-        return [m.body for m in rt.drivers["t:d"].queues["t:q"].ready]
+        return [w.body for w in rt.drivers["t:d"].queues["t:q"].ready]
 
     order = wqnb.run_virtual(main())
     assert order == [f"m{i}" for i in range(10)]  # interrupted m0-m2 first, then buffered m3-m7

@@ -31,22 +31,13 @@ from .clock import VirtualTimeLoop, clock_fn
 from .durations import format_duration
 from .errors import VirtualTimeDeadlock
 from .message import Delivery, Message
-from .timeline import (
-    EV_ACK,
-    EV_DEAD_LETTER,
-    EV_DELIVER,
-    EV_NACK,
-    EV_PUBLISH,
-    EV_REQUEUE,
-    EV_START,
-    Recorder,
-)
+from .timeline import EV_ACK, EV_DELIVER, EV_START
 
 if TYPE_CHECKING:
-    from .drivers.base import Driver
+    from .drivers.base import LocalQueue
     from .handlers.base import Handler
     from .registry import ConsumerEntry
-    from .runtime import Runtime
+    from .routes import ConsumerHost, Route
 
 __all__ = ["Consumer"]
 
@@ -56,68 +47,39 @@ log = logging.getLogger("wqnb.consumer")
 SPIN_LIMIT = 1000
 
 
-class _Route:
-    """Where a queue lives: its driver and its index in the recorder's name table.
-
-    ``len(route.ready)`` is the queue's depth (``driver.ready_view``: for the memory
-    driver, its deque itself), read for every recorded event."""
-
-    __slots__ = ("queue_id", "driver", "qi", "ready", "put", "wake", "wait_room", "take", "notify", "dead_letter",
-                 "max_attempts", "publish_head")
-
-    def __init__(self, queue_id: str, driver: Driver, qi: int) -> None:
-        self.queue_id = queue_id
-        self.driver = driver
-        self.qi = qi
-        self.ready = driver.ready_view(queue_id)
-        self.put = driver.putter(queue_id)
-        self.wake = driver.waker(queue_id)
-        self.wait_room = driver.room_waiter(queue_id)
-        self.take = driver.taker(queue_id)
-        self.notify = driver.notifier(queue_id)
-        self.dead_letter: _Route | None = None
-        self.max_attempts: int | None = None
-        self.publish_head = Recorder.head(EV_PUBLISH, qi, -1, -1)  # see Recorder.pack_fast
-
-    def depth(self) -> int:
-        return len(self.ready)
-
-
 class Consumer:
     """Runs one ``queue.consumer`` entry. The runtime creates, starts and stops it."""
 
-    def __init__(self, entry: ConsumerEntry, route: _Route, handler: Handler, runtime: Runtime) -> None:
+    def __init__(self, entry: ConsumerEntry, route: Route, handler: Handler, host: ConsumerHost) -> None:
         self.entry = entry
         self.id = entry.id
         self.route = route
         self.handler = handler
-        self.runtime = runtime
+        self.host = host
         self.concurrency = entry.concurrency
         self.prefetch = entry.prefetch
-        rec = runtime.recorder
+        rec = self._rec = host.recorder
         self._ci = rec.consumer_index(entry.id)
-        self._rec = rec
-        self._w = rec.buf.extend  # record an event: self._w(self._pack(t, event, ...))
-        self._pack = rec.pack
-        self._fast = rec.pack_fast
-        self._deliver_head = rec.head(EV_DELIVER, route.qi, self._ci, -1)
+        self._write = rec.write
         self.buffer: deque[Message] = deque()
         self.busy = 0
         self.unsettled = 0
         self.running = False
         self._closing = False
+        self._local: LocalQueue | None = None
         self._idle: deque[asyncio.Future[None]] = deque()
         self._room_waiter: asyncio.Future[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._delayed: dict[Message, asyncio.TimerHandle] = {}  # waiting out requeue_delay
+        self._landing: set[asyncio.Task[None]] = set()  # delayed nacks on their way to a broker
         self._now: Callable[[], float] = time_unset
-        self._push = True
         self._watching = False
         self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
-        self._on_ready: Callable[[], None] | None = None  # the push callback (start makes it, stop withdraws it)
+        self._admit: Callable[[list[Message]], None] = _not_started
+        self._on_ready: Callable[[], None] = _nothing  # the push callback (in-process queues)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,19 +89,26 @@ class Consumer:
         self._now = clock_fn(loop)
         self._virtual = loop if isinstance(loop, VirtualTimeLoop) else None
         self._closing = False
-        self.running = True
         self._watching = False
-        # Push mode (in-process drivers): the queue calls us when a message is ready.
-        # Pull mode (brokers): a fetcher task awaits batched takes.
-        self._push = self.route.notify is not None
-        self._on_ready = self._push_callback() if self._push else None
-        self._fill()
-        if not self._push:
+        route = self.route
+        self._local = route.local
+        self._admit = self._make_admit()
+        if self._local is not None:
+            self._on_ready = self._push_callback(self._local)
+        else:
+            await route.driver.subscribe(
+                route.queue_id, prefetch=self.prefetch, concurrency=self.concurrency,
+                auto_ack=getattr(self.entry, "auto_ack", False),
+                options=getattr(self.entry, "driver_options", {}).get(_driver_key(route.driver.kind)) or {},
+            )
+        self.running = True
+        self._top_up()
+        if self._local is None:
             self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
         self._workers = [
             loop.create_task(self._work(w), name=f"{self.id}:worker-{w}") for w in range(self.concurrency)
         ]
-        log.info("consumer started", extra={"consumer": self.id, "queue": self.route.queue_id})
+        log.info("consumer started", extra={"consumer": self.id, "queue": route.queue_id})
 
     async def stop(self, timeout: float | None = None) -> bool:
         """Stop as DESIGN §3 says. Returns False if handlers had to be interrupted."""
@@ -147,22 +116,25 @@ class Consumer:
             return True
         timeout = self.entry.lifecycle.stop_timeout if timeout is None else timeout
         self._closing = True
+        route = self.route
         # 1. no more intake
-        if self._watching:
-            self.route.driver.cancel_notify(self.route.queue_id, self._on_ready)
+        if self._watching and self._local is not None:
+            self._local.cancel_notify(self._on_ready)
             self._watching = False
         if self._fetcher is not None:
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
             self._fetcher = None
+        if self._local is None:
+            await route.driver.unsubscribe(route.queue_id)
         # 2. buffered messages that no worker started: back to the head, in order
-        self._return_buffered()
+        await self._return_buffered()
         # 3. idle workers leave; delayed requeues land now
         while self._idle:
             w = self._idle.popleft()
             if not w.done():
                 w.set_result(None)
-        self._flush_delayed()
+        await self._flush_delayed()
         # 4. running handlers may finish within the stop timeout
         clean = True
         pending = [w for w in self._workers if not w.done()]
@@ -175,52 +147,49 @@ class Consumer:
                 await asyncio.gather(*still, return_exceptions=True)
                 # ahead of the buffered ones (handed back above): they were delivered first
                 interrupted, self._interrupted = sorted(self._interrupted), []
-                self._requeue_interrupted([(w, msg) for _, w, msg in interrupted])
-        self._flush_delayed()
+                await self._requeue_head([m for _, _, m in interrupted], [w for _, w, _ in interrupted])
+        await self._flush_delayed()
         self._workers = []
         self.running = False
-        self.runtime._notify_settled()
+        self.host.settled()
         log.info("consumer stopped", extra={"consumer": self.id, "clean": clean})
         return clean
 
     # -- intake ---------------------------------------------------------------------------
-    def _fill(self) -> None:
-        """Top the buffer up from the queue without waiting; if the queue runs dry,
-        ask to hear when it is not (push) or wake the fetcher (pull).
+    def _make_admit(self) -> Callable[[list[Message]], None]:
+        """The one intake routine: messages just taken from the queue enter the buffer,
+        one ``deliver`` row each (the gauges after each), then idle workers are woken.
 
-        Workers call it only when no push callback is registered (``_watching`` is False)."""
-        if self._closing:
-            return
-        room = self.prefetch - len(self.buffer)
-        if room <= 0:
-            return
-        route = self.route
-        if route.ready:  # (a local count: skip the take when the queue is empty)
-            got = route.take(room)
-            if got:
-                self._deliver(got)
-                if len(got) == room:
-                    if route.ready:
-                        route.wake()  # messages left: another waiting consumer may take them
-                    return
-        if self._push:
-            self._watching = True
-            route.notify(self._on_ready)  # type: ignore[misc]
-        else:
-            waiter = self._room_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        A closure over what it reads: in a busy pipeline it runs for every message, and
+        local names cost less than ``self.`` lookups."""
+        buffer, idle, ready, write, now = self.buffer, self._idle, self.route.ready, self._write, self._now
+        pk = self._rec.packer(EV_DELIVER, self.route.qi, self._ci)
+        pk_again = self._rec.packer(EV_DELIVER, self.route.qi, self._ci, redelivered=True)
+        broker = self._local is None  # only broker messages carry ``redelivered``
 
-    def _push_callback(self) -> Callable[[], None]:
-        """The callback the queue calls, once, when messages are ready (push mode).
+        def admit(got: list[Message]) -> None:
+            t = now()
+            depth = len(ready) + len(got)
+            for m in got:
+                buffer.append(m)
+                self.unsettled += 1
+                depth -= 1
+                write((pk_again if broker and m.redelivered else pk)(
+                    t, m.seq, m.attempt, depth, len(buffer), self.busy, self.unsettled))
+            n = len(got)
+            while idle and n:
+                f = idle.popleft()
+                if not f.done():
+                    f.set_result(None)
+                    n -= 1
+        return admit
 
-        It is ``_fill`` for a queue known not to be empty, with the delivery of the
-        commonest case (one message) written out, as a closure over what it reads: in a
-        busy pipeline it runs for every message, and local names cost less than ``self.``
-        lookups. ``start`` makes it; workers call it too when they see a backlog."""
-        buffer, route, prefetch, idle = self.buffer, self.route, self.prefetch, self._idle
-        w, fast, now, head, ready, take, notify, wake = (self._w, self._fast, self._now, self._deliver_head,
-                                                         route.ready, route.take, route.notify, route.wake)
+    def _push_callback(self, local: LocalQueue) -> Callable[[], None]:
+        """In-process queues: what the queue calls, once, when messages are ready (and
+        what a worker calls when it frees a slot and sees a backlog): take what fits,
+        admit it, then watch again or pass the signal on."""
+        buffer, prefetch, admit = self.buffer, self.prefetch, self._admit
+        ready, take, notify, wake = local.ready, local.take_nowait, local.notify, local.wake
 
         def on_push() -> None:
             self._watching = False
@@ -230,30 +199,37 @@ class Consumer:
             if room <= 0:
                 return
             got = take(room)
-            if len(got) == 1:
-                m = got[0]
-                buffer.append(m)
-                self.unsettled += 1
-                w(fast(now(), head, m.seq, m.attempt, 0, len(ready), len(buffer), self.busy, self.unsettled))
-                while idle:
-                    f = idle.popleft()
-                    if not f.done():
-                        f.set_result(None)
-                        break
-            elif got:
-                self._deliver(got)
+            if got:
+                admit(got)
             if len(got) < room:
                 self._watching = True
-                notify(on_push)  # type: ignore[misc]
+                notify(on_push)
             elif ready:
                 wake()  # messages left: another waiting consumer may take them
         return on_push
 
+    def _top_up(self) -> None:
+        """A slot is free: take from an in-process queue now (or watch it), or tell the fetcher."""
+        if self._closing:
+            return
+        if self._local is not None:
+            if self._watching:
+                return
+            if self.route.ready:
+                self._on_ready()
+            else:
+                self._watching = True
+                self._local.notify(self._on_ready)
+        else:
+            waiter = self._room_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
     async def _fetch_loop(self) -> None:
-        """Pull mode: wait for messages, take a batch of up to the buffer's free room."""
+        """Brokers: wait for messages, fetch a batch of up to the buffer's free room."""
         loop = asyncio.get_running_loop()
         route = self.route
-        take = route.driver.take
+        fetch, intern, admit = route.driver.fetch, self.host.intern, self._admit
         buffer = self.buffer
         while not self._closing:
             room = self.prefetch - len(buffer)
@@ -264,30 +240,10 @@ class Consumer:
                 finally:
                     self._room_waiter = None
                 continue
-            messages = await take(route.queue_id, room)
-            self._deliver(messages)
-            if route.ready:
-                route.wake()  # messages left: another waiting consumer may take them
-
-    def _deliver(self, messages: list[Message]) -> None:
-        """Messages taken from the queue enter the buffer: one ``deliver`` row each. (The
-        caller then wakes another consumer if the queue still has messages: after these rows.)"""
-        buffer = self.buffer
-        w, fast, head = self._w, self._fast, self._deliver_head
-        now = self._now()
-        depth = len(self.route.ready) + len(messages)
-        for m in messages:
-            buffer.append(m)
-            self.unsettled += 1
-            depth -= 1
-            w(fast(now, head, m.seq, m.attempt, 0, depth, len(buffer), self.busy, self.unsettled))
-        idle = self._idle
-        for _ in messages:
-            if not idle:
-                break
-            f = idle.popleft()
-            if not f.done():
-                f.set_result(None)
+            got = await fetch(route.queue_id, room)
+            for m in got:
+                intern(m)
+            admit(got)
 
     # -- work -------------------------------------------------------------------------------
     async def _work(self, w: int) -> None:
@@ -296,9 +252,9 @@ class Consumer:
         route = self.route
         qi, ci = route.qi, self._ci
         ready = route.ready
-        record, fast, now = self._w, self._fast, self._now
-        start_head = self._rec.head(EV_START, qi, ci, w)
-        ack_head = self._rec.head(EV_ACK, qi, ci, w)
+        write, now = self._write, self._now
+        start_pk = self._rec.packer(EV_START, qi, ci, w)
+        ack_pk = self._rec.packer(EV_ACK, qi, ci, w)
         handler = self.handler
         # A handler that never needs the Delivery (a Python ``fn(body)``, a Lua handler
         # without the queue module) is called with the body alone: no Delivery object, no
@@ -309,10 +265,11 @@ class Consumer:
         begin: Callable[[Delivery], Any] | None = getattr(handler, "begin", None)
         timeout = self.entry.timeout
         queue_id, consumer_id = route.queue_id, self.id
-        ack_inline = route.driver.ack_is_noop
-        runtime = self.runtime
+        local = self._local is not None  # in-process: an ack is nothing to send
+        draining, settled = self.host.draining, self.host.settled
         idle = self._idle
-        push, notify, on_ready = self._push, route.notify, self._on_ready
+        top_up, on_ready = self._top_up, self._on_ready
+        notify = self._local.notify if self._local is not None else None
         me = asyncio.current_task()
         assert me is not None
         while True:
@@ -329,15 +286,15 @@ class Consumer:
             self.busy += 1
             self._starts += 1
             started = self._starts
-            record(fast(now(), start_head, msg.seq, msg.attempt, 0, len(ready), len(buffer), self.busy, self.unsettled))
-            if not self._watching:  # top the buffer up, or ask to hear when the queue has more
-                if not push:
-                    self._fill()
+            write(start_pk(now(), msg.seq, msg.attempt, len(ready), len(buffer), self.busy, self.unsettled))
+            if not self._watching:  # take what fits, or ask to hear when the queue has more
+                if not local:
+                    top_up()
                 elif ready:
-                    on_ready()  # what the queue would call: take what fits, then watch
+                    on_ready()  # what the queue would call (written out: once per message)
                 else:
                     self._watching = True
-                    notify(on_ready)
+                    notify(on_ready)  # type: ignore[misc]
             d = None if direct is not None else Delivery(msg, queue_id, consumer_id, w, self)
             try:
                 if timeout is not None:
@@ -365,26 +322,27 @@ class Consumer:
                         raise
                     d.settled = "interrupted"
                 self.unsettled -= 1
-                msg.attempt += 1
+                if local:
+                    msg.attempt += 1  # (a broker counts only nacks: it marks the release redelivered)
                 self._interrupted.append((started, w, msg))
                 raise
             except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
                 await self._failed(msg, d, w, exc)
             else:
                 self.busy -= 1
-                settled = None
+                done = None
                 if d is not None:
                     d.released = True
-                    settled = d.settled
-                    if settled is None:
+                    done = d.settled
+                    if done is None:
                         d.settled = "ack"
-                if settled is None:
-                    if ack_inline:  # the common case, without a coroutine call
+                if done is None:
+                    if local:  # the common case, without a coroutine call
                         self.unsettled -= 1
-                        record(fast(now(), ack_head, msg.seq, msg.attempt, 0, len(ready), len(buffer),
-                                    self.busy, self.unsettled))
-                        if not self.unsettled and runtime._drain_waiters:
-                            runtime._notify_settled()
+                        write(ack_pk(now(), msg.seq, msg.attempt, len(ready), len(buffer), self.busy,
+                                     self.unsettled))
+                        if not self.unsettled and draining():
+                            settled()
                     else:
                         await self._ack_msg(msg, w)
             if not started & 63:
@@ -402,6 +360,9 @@ class Consumer:
             if d is not None:
                 d.settled = "nack"
             await self._nack_msg(msg, worker, _error_text(exc))
+        # A failing handler must not hold the loop: one that fails at once, again and
+        # again, would otherwise cycle through nacks without ever letting others run.
+        await asyncio.sleep(0)
 
     @staticmethod
     async def _timed(coro: Any, timeout: float, d: Delivery | None) -> None:
@@ -425,24 +386,19 @@ class Consumer:
     async def _ack_msg(self, msg: Message, worker: int) -> None:
         route = self.route
         self.unsettled -= 1
-        if not route.driver.ack_is_noop:
+        if self._local is None:
             await route.driver.ack(route.queue_id, [msg])
-        self._w(self._pack(
-            self._now(), EV_ACK, route.qi, self._ci, worker, msg.seq, msg.attempt, 0,
-             route.depth(), len(self.buffer), self.busy, self.unsettled)
-        )
+        self._rec.event(EV_ACK, self._now(), route.qi, self._ci, worker, msg.seq, msg.attempt,
+                        route.depth(), len(self.buffer), self.busy, self.unsettled)
         if self.unsettled == 0:
-            self.runtime._notify_settled()
+            self.host.settled()
 
     async def _nack_msg(self, msg: Message, worker: int, error: str) -> None:
         route = self.route
         self.unsettled -= 1
-        rec = self._rec
         now = self._now()
-        self._w(self._pack(
-            now, EV_NACK, route.qi, self._ci, worker, msg.seq, msg.attempt, rec.error_index(error),
-             route.depth(), len(self.buffer), self.busy, self.unsettled)
-        )
+        self._rec.nack(now, route.qi, self._ci, worker, msg.seq, msg.attempt, error,
+                       route.depth(), len(self.buffer), self.busy, self.unsettled)
         if getattr(msg, "nacked_at", None) == now:
             msg.spins += 1
             if msg.spins >= SPIN_LIMIT and self._virtual:
@@ -456,81 +412,114 @@ class Consumer:
             msg.spins = 0
         dl = route.dead_letter
         if dl is not None and route.max_attempts is not None and msg.attempt >= route.max_attempts:
-            self._dead_letter(msg, error, worker)
+            await self._dead_letter(msg, error, worker)
         elif self.entry.requeue_delay > 0 and not self._closing:
             msg.attempt += 1
-            self._delayed[msg] = asyncio.get_running_loop().call_later(self.entry.requeue_delay, self._land_delayed, msg)
+            self._delayed[msg] = asyncio.get_running_loop().call_later(
+                self.entry.requeue_delay, self._land_delayed, msg)
         else:
             msg.attempt += 1
-            self._requeue([msg], front=False, worker=worker)
+            await self._requeue_tail([msg], worker)
         if self.unsettled == 0:
-            self.runtime._notify_settled()
+            self.host.settled()
 
-    def _dead_letter(self, msg: Message, error: str, worker: int) -> None:
+    async def _dead_letter(self, msg: Message, error: str, worker: int) -> None:
+        """Store a copy in the dead-letter queue (attempt 1, with the four ``x_*`` headers
+        and ``attempts``), then ack the original: a crash in between is a duplicate."""
         route = self.route
         dl = route.dead_letter
         assert dl is not None
-        msg.headers = {
+        copy = Message(msg.id, msg.seq, msg.body, {
             **msg.headers,
             "attempts": msg.attempt,
             "x_original_queue": route.queue_id,
             "x_dead_letter_reason": error,
-            "x_dead_letter_time": self.runtime.unix_time(),
-        }
-        msg.attempt = 1
-        self._w(self._pack(
-            self._now(), EV_DEAD_LETTER, dl.qi, self._ci, worker, msg.seq, 1, 0,
-             dl.depth() + 1, len(self.buffer), self.busy, self.unsettled)
-        )
-        dl.driver.requeue(dl.queue_id, [msg], front=False)
+            "x_dead_letter_time": self.host.unix_time(),
+        })
+        self._rec.dead_letter(self._now(), dl.qi, self._ci, worker, msg.seq, dl.depth() + 1,
+                              len(self.buffer), self.busy, self.unsettled)
+        if dl.local is not None:
+            dl.local.requeue([copy], front=False)
+        else:
+            await dl.driver.store(dl.queue_id, [copy])
+        if self._local is None:
+            await route.driver.ack(route.queue_id, [msg])
 
-    def _requeue(self, messages: list[Message], *, front: bool, worker: int = -1,
-                 workers: list[int] | None = None) -> None:
-        """Record, then hand back (a requeue may wake a consumer that delivers at once)."""
-        route = self.route
-        w, pack = self._w, self._pack
+    def _record_requeues(self, messages: list[Message], workers: list[int]) -> None:
+        route, rec = self.route, self._rec
         now = self._now()
         depth = route.depth()
-        for i, m in enumerate(messages):
+        for m, w in zip(messages, workers, strict=True):
             depth += 1
-            w(pack(now, EV_REQUEUE, route.qi, self._ci, workers[i] if workers else worker, m.seq,
-                   m.attempt, 0, depth, len(self.buffer), self.busy, self.unsettled))
-        route.driver.requeue(route.queue_id, messages, front=front)
+            rec.requeue(now, route.qi, self._ci, w, m.seq, m.attempt, depth, len(self.buffer), self.busy,
+                        self.unsettled)
 
-    def _requeue_interrupted(self, items: list[tuple[int, Message]]) -> None:
-        """Handlers cut off by the stop timeout: their messages go to the head, in the
-        order they started (ahead of the buffered ones, which were delivered later)."""
-        self._requeue([m for _, m in items], front=True, workers=[w for w, _ in items])
+    async def _requeue_tail(self, messages: list[Message], worker: int = -1) -> None:
+        """A nack: recorded, then back at the tail (a requeue may wake a consumer that
+        delivers at once, so the row comes first). ``attempt`` is already the next one."""
+        self._record_requeues(messages, [worker] * len(messages))
+        route = self.route
+        if self._local is not None:
+            self._local.requeue(messages, front=False)
+        else:
+            await route.driver.nack(route.queue_id, messages)
+
+    async def _requeue_head(self, messages: list[Message], workers: list[int]) -> None:
+        """A stop: recorded, then back at the head in order (a broker's ``release``)."""
+        if not messages:
+            return
+        self._record_requeues(messages, workers)
+        route = self.route
+        if self._local is not None:
+            self._local.requeue(messages, front=True)
+        else:
+            await route.driver.release(route.queue_id, messages)
 
     def _land_delayed(self, msg: Message) -> None:
+        """``requeue_delay`` is over: the message goes back (a timer callback)."""
         del self._delayed[msg]
-        self._requeue([msg], front=False)
-        self.runtime._notify_settled()
+        if self._local is not None:
+            self._record_requeues([msg], [-1])
+            self._local.requeue([msg], front=False)
+            self.host.settled()
+            return
+        task = asyncio.get_running_loop().create_task(self._requeue_tail([msg]))
+        self._landing.add(task)
+        task.add_done_callback(self._landed)
 
-    def _flush_delayed(self) -> None:
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._landing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delayed requeue failed", exc_info=task.exception(), extra={"consumer": self.id})
+        self.host.settled()
+
+    async def _flush_delayed(self) -> None:
         """Stop: messages waiting out their ``requeue_delay`` are requeued right away."""
         delayed, self._delayed = self._delayed, {}
-        for msg, handle in delayed.items():
+        for handle in delayed.values():
             handle.cancel()
-            self._requeue([msg], front=False)
+        if delayed:
+            await self._requeue_tail(list(delayed))
+        if self._landing:
+            await asyncio.gather(*self._landing, return_exceptions=True)
 
-    def _return_buffered(self) -> None:
+    async def _return_buffered(self) -> None:
         """Stop: messages no worker started go back to the head, in order, same attempt."""
         if not self.buffer:
             return
         messages = list(self.buffer)
         self.buffer.clear()
         self.unsettled -= len(messages)
-        self._requeue(messages, front=True)
+        await self._requeue_head(messages, [-1] * len(messages))
 
     # -- gauges ---------------------------------------------------------------------------------
     @property
     def delayed(self) -> int:
-        return len(self._delayed)
+        return len(self._delayed) + len(self._landing)
 
     def idle(self) -> bool:
         """Nothing in hand: no unsettled delivery and no delayed requeue pending."""
-        return self.unsettled == 0 and not self._delayed
+        return self.unsettled == 0 and not self._delayed and not self._landing
 
     def __repr__(self) -> str:
         return (
@@ -541,6 +530,19 @@ class Consumer:
 
 def time_unset() -> float:
     raise RuntimeError("consumer not started")
+
+
+def _not_started(messages: list[Message]) -> None:
+    raise RuntimeError("consumer not started")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _driver_key(kind: str) -> str:
+    """``queue.driver.amqp`` → ``amqp``: the key of a consumer's ``driver_options``."""
+    return kind.rpartition(".")[2]
 
 
 def _error_text(exc: BaseException) -> str:

@@ -22,8 +22,10 @@ __all__ = [
     "AlreadySettled",
     "ConfigError",
     "CycleError",
+    "DriverUnavailable",
     "HandlerError",
     "MessageReleased",
+    "PublishError",
     "QueueFull",
     "QueueNotFound",
     "RuntimeStateError",
@@ -107,3 +109,13 @@ class RuntimeStateError(WqnbError, RuntimeError):
 
 class VirtualTimeDeadlock(WqnbError, RuntimeError):
     """On virtual time, every task waits and no timer is scheduled: time cannot move."""
+
+
+class DriverUnavailable(WqnbError, ConnectionError):
+    """A broker could not be reached (at start, or past the reconnect budget). The text
+    names the driver entry and its address, with any password hidden."""
+
+
+class PublishError(WqnbError):
+    """A publish that did not reach the broker: refused for good, or the broker stayed
+    unreachable past the driver's timeout. Never a silent drop: the caller is told."""

@@ -77,7 +77,8 @@ class Message:
     ``timestamp``, so a message nobody asks about costs neither a string nor a dict.
     """
 
-    __slots__ = ("_id", "seq", "body", "_headers", "attempt", "_prefix", "_ts", "nacked_at", "spins")
+    __slots__ = ("_id", "seq", "body", "_headers", "attempt", "_prefix", "_ts", "nacked_at", "spins",
+                 "receipt", "redelivered")
 
     def __init__(
         self,
@@ -98,6 +99,9 @@ class Message:
         self._ts = timestamp
         # nacked_at / spins (the livelock guard's count of nacks at one instant) are set by
         # the first nack; until then reading them raises AttributeError.
+        # receipt / redelivered are set by a broker driver's fetch (its delivery tag,
+        # stream id or receipt handle, and whether the broker delivered it before); an
+        # in-process message has neither: read them with getattr(m, "receipt", None).
 
     @property
     def id(self) -> str:

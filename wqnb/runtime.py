@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -20,15 +22,16 @@ from time import time as _unix_now
 from typing import Any, TypeVar
 
 from .clock import clock_fn, is_virtual
-from .consumer import Consumer, _Route
+from .consumer import Consumer
 from .drivers.base import Driver, QueueSpec
 from .drivers.memory import MemoryDriver
 from .errors import ConfigError, QueueFull, QueueNotFound, RuntimeStateError, StopTimeout
 from .handlers.base import FunctionSpec, Handler, HandlerServices
 from .handlers.python import import_callable, python_handler
 from .message import IdSource, Message, encode_body
-from .registry import ConsumerEntry, DriverEntry, Registry
-from .timeline import EV_PUBLISH_WAIT, ConsumerInfo, QueueInfo, Recorder, Timeline
+from .registry import ConsumerEntry, DriverEntry, QueueEntry, Registry
+from .routes import ConsumerHost, Route
+from .timeline import ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
 
@@ -36,6 +39,9 @@ T = TypeVar("T")
 
 #: Driver classes by entry kind; the Redis and AMQP drivers add themselves when imported.
 DRIVERS: dict[str, type[Driver]] = {"queue.driver.memory": MemoryDriver}
+
+#: How often ``drain()`` asks a broker again while its queues are not empty there.
+BROKER_DRAIN_POLL = 0.05
 
 #: Unix time at virtual t = 0, so that virtual runs are identical whatever the date.
 VIRTUAL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -50,19 +56,20 @@ class Runtime:
     >>> await rt.drain(); await rt.stop(); rt.timeline.df        # doctest: +SKIP
     """
 
-    def __init__(self, registry: Registry | None = None, *, recorder: Recorder | None = None) -> None:
+    def __init__(self, registry: Registry | None = None, *, recorder: Recorder | None = None,
+                 process: str | None = None) -> None:
         self.registry = registry or Registry()
         self.registry.check()
         self.recorder = recorder or Recorder()
         self._ids = IdSource()
+        self._foreign: dict[str, int] = {}  # wire id -> seq, for messages published elsewhere
         self.recorder.id_prefix = self._ids.prefix
-        self._w = self.recorder.buf.extend
-        self._pack = self.recorder.pack
-        self._fast = self.recorder.pack_fast
+        self.recorder.process = process or f"{socket.gethostname()}:{os.getpid()}"
+        self._w = self.recorder.write
         self._functions: dict[str, Callable[..., Any]] = {}
         self._offload: dict[str, bool | None] = {}
         self.drivers: dict[str, Driver] = {}
-        self.routes: dict[str, _Route] = {}
+        self.routes: dict[str, Route] = {}
         self.consumers: dict[str, Consumer] = {}
         self._started: list[str] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -71,6 +78,10 @@ class Runtime:
         self._unix_shift = 0.0
         self._virtual = False
         self.state = "created"
+        self._host = ConsumerHost(
+            recorder=self.recorder, settled=self._notify_settled, draining=self._draining,
+            unix_time=self.unix_time, intern=self._intern,
+        )
         self._wire()
 
     # -- construction --------------------------------------------------------------------------
@@ -98,7 +109,7 @@ class Runtime:
                 cls = DRIVERS[d.kind]
             self.drivers[d.id] = cls(d.id, d.options)
         for q in reg.queues:
-            self._declare(q.id, self.drivers[q.driver], q.max_length, q.dead_letter, q.max_attempts)
+            self._add_route(q, self.drivers[q.driver])
         for q in reg.queues:
             if q.dead_letter:
                 route = self.routes[q.id]
@@ -108,12 +119,26 @@ class Runtime:
             if f.kind == "function.lua":
                 _check_lua(f)
 
-    def _declare(self, queue_id: str, driver: Driver, max_length: int, dead_letter: str | None,
-                 max_attempts: int | None) -> None:
-        driver.declare(QueueSpec(queue_id, max_length, dead_letter, max_attempts))
-        qi = self.recorder.queue_index(queue_id)
-        self.routes[queue_id] = _Route(queue_id, driver, qi)
-        self.recorder.queues[queue_id] = QueueInfo(queue_id, max_length, dead_letter, max_attempts)
+    def _add_route(self, q: QueueEntry, driver: Driver) -> None:
+        """A route per queue entry. In-process queues are declared now, so that publishing
+        works before ``start`` (as in Wippy); broker queues at start, once connected."""
+        key = driver.kind.rpartition(".")[2]
+        options = q.driver_options.get(key) if isinstance(q.driver_options.get(key), dict) else {}
+        spec = QueueSpec(q.id, q.max_length, q.dead_letter, q.max_attempts, dict(options or {}), q.queue_name)
+        qi = self.recorder.queue_index(q.id)
+        route = self.routes[q.id] = Route(spec, driver, qi)
+        declare_now = getattr(driver, "declare_now", None)  # in-process drivers (memory)
+        if declare_now is not None:
+            declare_now(spec)
+            route.bind()
+        self.recorder.queues[q.id] = QueueInfo(q.id, q.max_length, q.dead_letter, q.max_attempts)
+
+    async def _declare_queues(self, driver: Driver) -> None:
+        """After ``driver`` started: declare its queues there (again after a restart)."""
+        for route in self.routes.values():
+            if route.driver is driver and route.local is None:
+                await driver.declare(route.spec)
+                route.bind()
 
     def register_function(self, function_id: str, fn: Callable[..., Any], *, offload: bool | None = None) -> None:
         """Use a Python callable for ``function_id`` (a consumer's ``func``).
@@ -160,10 +185,17 @@ class Runtime:
             entry = self.registry.entries[eid]
             if isinstance(entry, DriverEntry):
                 await self.drivers[eid].start()
+                await self._declare_queues(self.drivers[eid])
             else:
+                route = self.routes[entry.queue]
+                if not route.declared:
+                    raise RuntimeStateError(
+                        f"consumer {eid}: its queue {entry.queue} is on driver {route.driver.id}, which is "
+                        "not started (give the driver lifecycle.auto_start: true, or start it first)"
+                    )
                 consumer = self.consumers.get(eid)
                 if consumer is None:
-                    consumer = self.consumers[eid] = Consumer(entry, self.routes[entry.queue], handlers[eid], self)
+                    consumer = self.consumers[eid] = Consumer(entry, route, handlers[eid], self._host)
                     self.recorder.consumers[eid] = ConsumerInfo(eid, entry.queue, entry.concurrency, entry.prefetch)
                 else:
                     consumer.handler = handlers[eid]
@@ -180,6 +212,7 @@ class Runtime:
         if self.recorder.t0 is None:
             self.recorder.t0 = loop.time()
             self._unix0 = VIRTUAL_EPOCH if self._virtual else time.time()
+            self.recorder.origin_unix = self._unix0
         # (a new loop keeps t0: the timeline's t stays continuous)
         self._unix_shift = self._unix0 - self.recorder.t0  # virtual Unix time = loop time + this
 
@@ -245,7 +278,7 @@ class Runtime:
         await self.stop()
 
     # -- publishing -----------------------------------------------------------------------------
-    def _route(self, queue_id: str) -> _Route:
+    def _route(self, queue_id: str) -> Route:
         route = self.routes.get(queue_id)
         if route is None:
             known = ", ".join(self.routes) or "none"
@@ -268,30 +301,59 @@ class Runtime:
             {"timestamp": int(ts), **headers} if headers else None, 1, ids.prefix, ts,
         )
 
+    def _intern(self, msg: Message) -> None:
+        """Give a message fetched from a broker its local ``seq``: the one it was published
+        with if this runtime published it (its id is our prefix + seq), else a new one,
+        the same every time the same wire id comes back (a nack's copy, a redelivery)."""
+        if msg.seq >= 0:
+            return
+        mid = msg.id
+        prefix = self._ids.prefix
+        if len(mid) == len(prefix) + 12 and mid.startswith(prefix):
+            try:
+                msg.seq = int(mid[len(prefix):], 16)
+                return
+            except ValueError:
+                pass
+        seq = self._foreign.get(mid)
+        if seq is None:
+            seq = self._foreign[mid] = self._ids._next
+            self._ids._next = seq + 1
+            self.recorder.intern_foreign(seq, mid)
+        msg.seq = seq
+
+    def _broker_route(self, route: Route) -> Route:
+        if not route.declared:
+            raise RuntimeStateError(
+                f"queue {route.queue_id} is on driver {route.driver.id} ({route.driver.kind}), which connects "
+                "at start: await rt.start() before publishing to it"
+            )
+        return route
+
     async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
         """Append a message; wait while the queue is full. Returns the message id.
 
-        ``str``/``bytes`` bodies travel unchanged; anything else is JSON-encoded once.
+        ``str``/``bytes`` bodies travel unchanged; anything else is JSON-encoded once. On a
+        broker it returns once the broker has the message (publisher confirms).
         """
         route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
         now = self._now()
         msg = self._message(body, headers, now, named=True)  # publish returns the id: make it now
-        w = self._w
-        put = route.put
-        if put is None:  # a broker: the driver publishes (and waits) itself
-            await route.driver.publish(queue_id, msg)
+        local = route.local
+        if local is None:  # a broker: the driver publishes (and retries while full) itself
+            await self._broker_route(route).driver.publish(queue_id, [msg])
             now = self._now()
-        elif not put(msg):
-            w(self._pack(now, EV_PUBLISH_WAIT, route.qi, -1, -1, msg.seq, 1, 0, route.depth(), -1, -1, -1))
-            wait_room = route.wait_room
-            while not put(msg):
-                await wait_room()
+        elif not local.put(msg):
+            self.recorder.publish_wait(now, route.qi, msg.seq, len(route.ready))
+            while not local.put(msg):
+                await local.wait_room()
             now = self._now()
         # recorded before anyone is woken, so the message's story starts with its publish
-        w(self._fast(now, route.publish_head, msg.seq, 1, 0, len(route.ready), -1, -1, -1))
-        route.wake()
+        self._w(route.publish_pk(now, msg.seq, 1, len(route.ready), -1, -1, -1))
+        if local is not None:
+            local.wake()
         return msg._id  # (named above: the id property would only return it)
 
     def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
@@ -311,15 +373,21 @@ class Runtime:
                 ) from None
         now = self._now()
         msg = self._message(body, headers, now)
-        if route.put is None:
-            route.driver.publish_nowait(queue_id, msg)  # a broker: raises QueueFull itself
-        elif not route.put(msg):
+        local = route.local
+        if local is None:
+            try:
+                self._broker_route(route).driver.publish_nowait(queue_id, msg)  # a broker: its outbox
+            except BaseException:
+                self._ids._next -= 1  # the id was never used
+                raise
+        elif not local.put(msg):
             self._ids._next -= 1  # the id was never used
             raise QueueFull(
                 f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
             )
-        self._w(self._fast(now, route.publish_head, msg.seq, 1, 0, len(route.ready), -1, -1, -1))
-        route.wake()
+        self._w(route.publish_pk(now, msg.seq, 1, len(route.ready), -1, -1, -1))
+        if local is not None:
+            local.wake()
         return msg
 
     # -- waiting for quiet -------------------------------------------------------------------------
@@ -328,6 +396,9 @@ class Runtime:
             if c.running and (not c.idle() or c.route.depth() > 0):
                 return False
         return True
+
+    def _draining(self) -> bool:
+        return bool(self._drain_waiters)
 
     def _notify_settled(self) -> None:
         waiters = self._drain_waiters
@@ -345,16 +416,45 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            while not self._drained():
-                fut = loop.create_future()
-                self._drain_waiters.append(fut)
-                await fut
+            while True:
+                while not self._drained():
+                    fut = loop.create_future()
+                    self._drain_waiters.append(fut)
+                    await fut
+                if await self._broker_drained():
+                    return
+                await asyncio.sleep(BROKER_DRAIN_POLL)
+
+    async def _broker_drained(self) -> bool:
+        """Locally quiet: ask each broker that its consumed queues are empty there too
+        (our cached depth may lag, and other processes may still be publishing)."""
+        for c in self.consumers.values():
+            route = c.route
+            if c.running and route.local is None:
+                info = await route.driver.info(route.queue_id)
+                if info.get("ready", 0) or info.get("in_flight", 0) > c.unsettled:
+                    return False
+        return True
 
     # -- reading --------------------------------------------------------------------------------------
     def queue_info(self, queue_id: str) -> dict[str, Any]:
-        """Wippy's ``queue.info``: ``message_count`` and ``ready``, plus wqnb's ``unsettled``."""
+        """Wippy's ``queue.info``: ``message_count`` and ``ready``, plus wqnb's ``unsettled``.
+
+        Synchronous (Lua's ``queue.info`` calls it): on a broker ``ready`` is the driver's
+        cached figure; ``await rt.info(queue_id)`` asks the broker."""
         route = self._route(queue_id)
-        info = route.driver.info(queue_id)
+        n = route.depth()
+        info: dict[str, Any] = {"message_count": n, "ready": n}
+        return self._with_local_counts(route, info)
+
+    async def info(self, queue_id: str) -> dict[str, Any]:
+        """``queue_info`` asked of the driver (the broker's own counts)."""
+        route = self._route(queue_id)
+        if not route.declared:
+            return self.queue_info(queue_id)
+        return self._with_local_counts(route, dict(await route.driver.info(queue_id)))
+
+    def _with_local_counts(self, route: Route, info: dict[str, Any]) -> dict[str, Any]:
         info["unsettled"] = sum(c.unsettled for c in self.consumers.values() if c.route is route)
         info["consumers"] = sum(1 for c in self.consumers.values() if c.route is route and c.running)
         return info
@@ -396,16 +496,29 @@ def _check_lua(spec: FunctionSpec) -> None:
     check_lua_function(spec)
 
 
+#: Broker drivers, imported on first use (each module's ``DRIVER`` is its class).
+BROKER_MODULES = {
+    "queue.driver.amqp": "wqnb.drivers.amqp",
+    "queue.driver.redis": "wqnb.drivers.redis",
+    "queue.driver.sqs": "wqnb.drivers.sqs",
+}
+
+
 def _load_driver_module(entry: DriverEntry) -> None:
     import importlib
 
-    module = {"queue.driver.redis": "wqnb.drivers.redis", "queue.driver.amqp": "wqnb.drivers.amqp"}[entry.kind]
+    module_name = BROKER_MODULES[entry.kind]
     try:
-        importlib.import_module(module)
+        module = importlib.import_module(module_name)
     except ImportError as e:
+        extra = entry.kind.rpartition(".")[2]
         raise ConfigError(
-            f"{entry.kind} is not available here ({e})", file=entry.file, entry=entry.id, field="kind"
+            f"{entry.kind} is not available here: pip install 'wqnb[{extra}]' ({e})",
+            file=entry.file, entry=entry.id, field="kind",
         ) from None
+    driver = getattr(module, "DRIVER", None)
+    if driver is not None:
+        DRIVERS[entry.kind] = driver
     if entry.kind not in DRIVERS:
         raise ConfigError(f"{entry.kind} is not implemented yet", file=entry.file, entry=entry.id, field="kind")
 

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import QueueFull, QueueNotFound
 from ..message import Message
 from .base import Driver, QueueSpec
 
+#: A memory queue's capacity when its entry sets none (Wippy's default).
+MAX_LENGTH_DEFAULT = 1000
+
 __all__ = ["MemoryDriver", "MemoryQueue"]
 
 
 class MemoryQueue:
-    """One queue: ready messages, and those waiting on it.
+    """One queue: ready messages, and those waiting on it. It is the driver's
+    :class:`~wqnb.drivers.base.LocalQueue`: consumers and publishers in this process use
+    it directly, with no await per message.
 
     A waiter is a one-shot callback registered by a consumer in push mode (``_pushers``:
     called synchronously, it takes at once) or a future (``_takers``: woken with a bare
@@ -34,7 +39,7 @@ class MemoryQueue:
 
     def __init__(self, spec: QueueSpec) -> None:
         self.spec = spec
-        self.capacity = spec.max_length
+        self.capacity = spec.max_length if spec.max_length is not None else MAX_LENGTH_DEFAULT
         self.ready: deque[Message] = deque()
         self._pushers: deque[Callable[[], None]] = deque()
         self._takers: deque[asyncio.Future[None]] = deque()
@@ -66,6 +71,27 @@ class MemoryQueue:
     def append(self, message: Message) -> None:
         self.ready.append(message)
         if self._pushers or self._takers:
+            self.wake()
+
+    def notify(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, synchronously, when a message is ready."""
+        self._pushers.append(callback)
+
+    def cancel_notify(self, callback: Callable[[], None]) -> None:
+        try:
+            self._pushers.remove(callback)
+        except ValueError:
+            pass
+
+    def requeue(self, messages: Sequence[Message], *, front: bool) -> None:
+        """Back at the head in order (a stop) or at the tail (a nack); ignores capacity."""
+        if front:
+            self.ready.extendleft(reversed(messages))
+        else:
+            self.ready.extend(messages)
+        for _ in messages:
+            if not (self._pushers or self._takers):
+                break
             self.wake()
 
     def take_nowait(self, n: int) -> list[Message]:
@@ -118,22 +144,30 @@ class MemoryDriver(Driver):
     """Queues in this process. Publishing works before ``start`` (as in Wippy)."""
 
     kind = "queue.driver.memory"
-    ack_is_noop = True
 
     def __init__(self, id: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(id, options)
         self.queues: dict[str, MemoryQueue] = {}
 
-    def declare(self, spec: QueueSpec) -> None:
+    async def declare(self, spec: QueueSpec) -> None:
+        self.declare_now(spec)
+
+    def declare_now(self, spec: QueueSpec) -> MemoryQueue:
+        """``declare`` without a loop: the runtime declares memory queues when it is
+        built, so that publishing works before ``start`` (as in Wippy)."""
         q = self.queues.get(spec.id)
         if q is None:
-            self.queues[spec.id] = MemoryQueue(spec)
+            q = self.queues[spec.id] = MemoryQueue(spec)
         else:
             q.spec = spec  # Wippy: a redeclare swaps the config and keeps the backlog
-            q.capacity = spec.max_length
+            q.capacity = spec.max_length if spec.max_length is not None else MAX_LENGTH_DEFAULT
+        return q
 
     def has_queue(self, queue_id: str) -> bool:
         return queue_id in self.queues
+
+    def local(self, queue_id: str) -> MemoryQueue:
+        return self._queue(queue_id)
 
     def _queue(self, queue_id: str) -> MemoryQueue:
         try:
@@ -141,17 +175,12 @@ class MemoryDriver(Driver):
         except KeyError:
             raise QueueNotFound(f"queue not found: {queue_id}") from None
 
-    async def publish(self, queue_id: str, message: Message) -> bool:
+    async def publish(self, queue_id: str, messages: Sequence[Message]) -> None:
         q = self._queue(queue_id)
-        waited = False
-        if len(q.ready) >= q.capacity:
-            waited = await q.wait_room()
-        q.append(message)
-        return waited
-
-    def room(self, queue_id: str) -> bool:
-        q = self._queue(queue_id)
-        return len(q.ready) < q.capacity
+        for message in messages:
+            if len(q.ready) >= q.capacity:
+                await q.wait_room()
+            q.append(message)
 
     def publish_nowait(self, queue_id: str, message: Message) -> None:
         q = self._queue(queue_id)
@@ -159,54 +188,24 @@ class MemoryDriver(Driver):
             raise QueueFull(f"queue is full: {queue_id} holds max_length={q.capacity} messages")
         q.append(message)
 
-    def take_nowait(self, queue_id: str, max_messages: int) -> list[Message]:
-        return self._queue(queue_id).take_nowait(max_messages)
-
-    async def take(self, queue_id: str, max_messages: int) -> list[Message]:
+    async def fetch(self, queue_id: str, max_messages: int) -> list[Message]:
         q = self._queue(queue_id)
         while True:
             if q.ready:
                 return q.take_nowait(max_messages)
             await q.wait_ready()
 
-    def requeue(self, queue_id: str, messages: Sequence[Message], *, front: bool) -> None:
-        q = self._queue(queue_id)
-        if front:
-            q.ready.extendleft(reversed(messages))
-        else:
-            q.ready.extend(messages)
-        for _ in messages:
-            if not (q._pushers or q._takers):
-                break
-            q.wake()
+    async def nack(self, queue_id: str, messages: Sequence[Message]) -> None:
+        self._queue(queue_id).requeue(messages, front=False)
 
-    def putter(self, queue_id: str) -> Callable[[Message], bool]:
-        return self._queue(queue_id).put
+    async def release(self, queue_id: str, messages: Sequence[Message]) -> None:
+        self._queue(queue_id).requeue(messages, front=True)
 
-    def waker(self, queue_id: str) -> Callable[[], None]:
-        return self._queue(queue_id).wake
-
-    async def wait_room(self, queue_id: str) -> None:
-        await self._queue(queue_id).wait_room()
-
-    def room_waiter(self, queue_id: str) -> Callable[[], Awaitable[bool]]:
-        return self._queue(queue_id).wait_room
-
-    def ready_view(self, queue_id: str) -> deque[Message]:
-        return self._queue(queue_id).ready
-
-    def taker(self, queue_id: str) -> Callable[[int], list[Message]]:
-        return self._queue(queue_id).take_nowait
-
-    def notifier(self, queue_id: str) -> Callable[[Callable[[], None]], None]:
-        return self._queue(queue_id)._pushers.append
-
-    def cancel_notify(self, queue_id: str, callback: Callable[[], None]) -> None:
-        pushers = self._queue(queue_id)._pushers
-        try:
-            pushers.remove(callback)
-        except ValueError:
-            pass
+    async def store(self, queue_id: str, messages: Sequence[Message]) -> None:
+        self._queue(queue_id).requeue(messages, front=False)
 
     def depth(self, queue_id: str) -> int:
         return len(self._queue(queue_id).ready)
+
+    def ready_view(self, queue_id: str) -> deque[Message]:
+        return self._queue(queue_id).ready

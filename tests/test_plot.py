@@ -384,3 +384,21 @@ def wqnb_simulate(**kwargs):
     import wqnb
 
     return wqnb.simulate(**kwargs)
+
+
+def test_erlang_c_curves_with_measured_points_and_their_spread():
+    from wqnb.theory import erlang_c
+
+    measured = pd.DataFrame({"servers": [2, 2, 2, 4], "utilisation": [0.5, 0.5, 0.5, 0.8],
+                             "wait": [0.010, 0.020, 0.015, 0.05]})
+    ax = plot.erlang_c_curves(measured, service_rate=20.0, servers=(2, 4))
+    curve = next(ln for ln in ax.get_lines() if ln.get_gid() == "theory:2")
+    x, y = curve.get_xdata(), curve.get_ydata()
+    k = int(np.argmin(abs(x - 0.5)))
+    assert y[k] == pytest.approx(erlang_c(2, x[k] * 2 * 20.0, 20.0).wait)
+    (pts,) = [c for c in ax.containers if c.lines[0].get_gid() == "measured:2"]
+    mean_line = pts.lines[0]
+    assert list(mean_line.get_xdata()) == [0.5] and mean_line.get_ydata()[0] == pytest.approx(0.015)
+    seg = pts.lines[2][0].get_segments()[0]  # the bar: lowest to highest of the seeds
+    assert seg[0][1] == pytest.approx(0.010) and seg[1][1] == pytest.approx(0.020)
+    assert ax.get_yscale() == "log"

@@ -46,6 +46,7 @@ __all__ = [
     "METRIC_LABELS",
     "OUTCOME_COLORS",
     "backpressure",
+    "erlang_c_curves",
     "gantt",
     "gauges",
     "latency",
@@ -742,6 +743,56 @@ def sweep(
         sweep_heatmap(results, metric, x=x, y=y, ax=axes[0, k])
         sweep_lines(results, metric, x=x, hue=y, ax=axes[1, k])
     return fig
+
+
+# -- queueing theory against measurements ---------------------------------------------
+
+
+def erlang_c_curves(
+    measured: pd.DataFrame | None = None,
+    *,
+    service_rate: float,
+    servers: Sequence[int] = (1, 2, 4, 8),
+    ax: Axes | None = None,
+    logy: bool = True,
+) -> Axes:
+    """Mean wait before service (Wq) against utilisation ρ = λ / (c μ): Erlang C's M/M/c
+    curve for each number of workers c, and measured runs on top.
+
+    ``measured`` has one row a run with ``servers``, ``utilisation`` (the ρ it was run
+    at) and ``wait`` (its mean wait, s); runs of several seeds at the same point are drawn
+    as their mean with a bar from the lowest to the highest: the spread a finite run has.
+    The wait spans decades across ρ, so the y axis is logarithmic by default.
+    """
+    from .theory import erlang_c
+
+    ax = _new_ax(ax, (7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    rho = np.linspace(0.02, 0.97, 200)
+    for k, c in enumerate(servers):
+        color = cmap(k / max(len(servers) - 1, 1) * 0.9)
+        wq = [erlang_c(c, r * c * service_rate, service_rate).wait for r in rho]
+        ax.plot(rho, wq, color=color, lw=1.5, label=f"c = {c} (Erlang C)", gid=f"theory:{c}")
+        if measured is not None and len(measured):
+            pts = measured[measured["servers"] == c]
+            if len(pts):
+                g = pts.groupby("utilisation")["wait"].agg(["mean", "min", "max"]).sort_index()
+                x = g.index.to_numpy(dtype=float)
+                y = g["mean"].to_numpy(dtype=float)
+                err = np.vstack([y - g["min"].to_numpy(dtype=float), g["max"].to_numpy(dtype=float) - y])
+                ax.errorbar(x, y, yerr=err, fmt="o", ms=5, color=color, mec="white", mew=0.8,
+                            capsize=3, lw=1, zorder=3, gid=f"measured:{c}")
+    if measured is not None and len(measured):
+        ax.plot([], [], "o", color="grey", label="measured (mean, min–max over seeds)")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("utilisation ρ = λ / (c μ)")
+    ax.set_ylabel("mean wait before service Wq (s)")
+    ax.set_title(f"M/M/c: wait against load (service {1 / service_rate:g} s)", loc="left",
+                 fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper left")
+    return ax
 
 
 # -- the pictures RabbitMQ's management UI draws ------------------------------------------

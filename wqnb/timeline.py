@@ -7,21 +7,27 @@ parsing; a pandas DataFrame is built only when someone asks for it. (A list of t
 as fast to append to, but costs ~180 bytes an event, and packing it into numpy later
 costs more than the append itself.)
 
-Row layout (see DESIGN §5)::
+Row layout (see DESIGN §5): a 12-byte head that a writer packs once per kind of event,
+then the per-event part::
 
-    (t, event, queue, consumer, worker, seq, attempt, error, depth, buffered, busy, unsettled)
+    head: (event, flags, queue, consumer, worker, error)      flags bit 0: redelivered
+    tail: (t, seq, attempt, depth, buffered, busy, unsettled)
 
 ``t`` is the loop's clock (real or virtual); the DataFrame shows it as seconds since the
 runtime started. ``queue``, ``consumer`` and ``error`` are small integers into name tables;
 ``-1`` marks "not this kind of event" (a publish row has no consumer, worker or consumer gauges).
+Writers never see this layout: they call the typed methods of :class:`Recorder`
+(``rec.nack(...)``), or, on a per-message path, a *packer* made once by
+:meth:`Recorder.packer`, which takes only what changes from event to event.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,8 +36,8 @@ import pandas as pd
 __all__ = [
     "EVENTS",
     "ROW",
-    "ROW_FAST",
     "ROW_HEAD",
+    "Packer",
     "Recorder",
     "Timeline",
     "EV_PUBLISH",
@@ -58,27 +64,27 @@ EVENTS = ("publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue
 
 ROW_DTYPE = np.dtype(
     [
-        ("t", "f8"),
         ("event", "u1"),
+        ("flags", "u1"),
         ("queue", "i2"),
         ("consumer", "i2"),
         ("worker", "i2"),
+        ("error", "i4"),
+        ("t", "f8"),
         ("seq", "i8"),
         ("attempt", "i4"),
-        ("error", "i4"),
         ("depth", "i4"),
         ("buffered", "i4"),
         ("busy", "i4"),
         ("unsettled", "i4"),
     ]
 )
-ROW = struct.Struct("<dBhhhqiiiiii")  # the same layout, for writers
-assert ROW.size == ROW_DTYPE.itemsize
-#: (event, queue, consumer, worker) packed once: a writer that records the same kind of
-#: event again and again keeps this head and packs the rest with ROW_FAST (same bytes).
-ROW_HEAD = struct.Struct("<Bhhh")
-ROW_FAST = struct.Struct(f"<d{ROW_HEAD.size}sqiiiiii")
-assert ROW_FAST.size == ROW.size
+ROW_HEAD = struct.Struct("<BBhhhi")  # (event, flags, queue, consumer, worker, error)
+ROW = struct.Struct(f"<{ROW_HEAD.size}sdqiiiii")  # head bytes + the per-event part
+assert ROW.size == ROW_DTYPE.itemsize == 48
+FLAG_REDELIVERED = 1
+#: A packer: ``pack(t, seq, attempt, depth, buffered, busy, unsettled) -> bytes``.
+Packer = Callable[[float, int, int, int, int, int, int], bytes]
 GAUGES = ("depth", "buffered", "busy", "unsettled")
 
 
@@ -87,7 +93,7 @@ _HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.u
 _BYTE_SHIFTS = np.arange(40, -1, -8, dtype=np.int64)
 
 
-def _id_dtype(prefix: str, n: int) -> pd.CategoricalDtype:
+def _id_dtype(prefix: str, n: int, foreign: dict[int, str] | None = None) -> pd.CategoricalDtype:
     """The categories of ``msg_id``: ``prefix`` + ``seq`` as 12 hex digits, for seq 0..n-1.
 
     A long run has as many ids as messages, and formatting them one by one (plus pandas
@@ -95,7 +101,11 @@ def _id_dtype(prefix: str, n: int) -> pd.CategoricalDtype:
     DataFrame. Where pandas stores strings in Arrow (pandas 3 with pyarrow), the digits
     are computed with numpy and handed to Arrow as one buffer; the ids are distinct by
     construction, so the duplicate check is skipped. Elsewhere: the plain loop.
+    Messages seen through a broker but published elsewhere (``foreign``: seq → wire id)
+    take the plain loop too (a broker run is not on the per-message budget of a simulation).
     """
+    if foreign:
+        return pd.CategoricalDtype([foreign.get(s) or f"{prefix}{s:012x}" for s in range(n)])
     str_dtype = pd.Index(["x"]).dtype  # the string dtype this pandas infers for a list of str
     head = prefix.encode()
     if n and getattr(str_dtype, "storage", None) == "pyarrow" and n < 1 << 48:
@@ -129,28 +139,25 @@ class ConsumerInfo:
 @dataclass
 class QueueInfo:
     name: str
-    max_length: int
+    max_length: int | None  # None: no cap (a broker queue whose entry sets none)
     dead_letter: str | None = None
     max_attempts: int | None = None
 
 
 class Recorder:
-    """Collects events from the runtime.
+    """Collects events from the runtime and its consumers.
 
-    Writers keep ``write = recorder.buf.extend`` and ``pack = recorder.pack`` and record
-    an event as ``write(pack(t, event, queue, consumer, worker, seq, attempt, error,
-    depth, buffered, busy, unsettled))``: two calls into C, nothing else. On a hot path,
-    ``h = recorder.head(event, queue, consumer, worker)`` once, then
-    ``write(recorder.pack_fast(t, h, seq, attempt, error, depth, buffered, busy, unsettled))``
-    writes the same bytes with a quarter fewer arguments to convert.
+    Cold paths call the typed methods (:meth:`publish_wait`, :meth:`nack`,
+    :meth:`requeue`, :meth:`dead_letter`, :meth:`event`). A per-message path makes a
+    packer once, ``pk = rec.packer(EV_ACK, queue, consumer, worker)``, and records with
+    ``rec.write(pk(t, seq, attempt, depth, buffered, busy, unsettled))``: two calls into
+    C (a ``functools.partial`` of ``struct.pack``, and ``bytearray.extend``), nothing else,
+    which is what keeps recording at a few percent of a message's cost.
     """
-
-    head = staticmethod(ROW_HEAD.pack)
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.pack = ROW.pack
-        self.pack_fast = ROW_FAST.pack
+        self.write: Callable[[bytes], None] = self.buf.extend
         self.queue_names: list[str] = []
         self.consumer_names: list[str] = []
         self.errors: list[str | None] = [None]
@@ -160,7 +167,50 @@ class Recorder:
         self.queues: dict[str, QueueInfo] = {}
         self.consumers: dict[str, ConsumerInfo] = {}
         self.id_prefix = ""
+        #: ids of messages this runtime did not publish (seen through a broker), by seq
+        self.foreign_ids: dict[int, str] = {}
         self.t0: float | None = None
+        self.origin_unix: float | None = None
+        self.process = ""
+
+    # -- writers ------------------------------------------------------------------------
+    @staticmethod
+    def packer(event: int, queue: int, consumer: int = -1, worker: int = -1, *,
+               error: int = 0, redelivered: bool = False) -> Packer:
+        """A packer for one kind of row: ``pk(t, seq, attempt, depth, buffered, busy, unsettled)``."""
+        head = ROW_HEAD.pack(event, FLAG_REDELIVERED if redelivered else 0, queue, consumer, worker, error)
+        return partial(ROW.pack, head)
+
+    def event(self, event: int, t: float, queue: int, consumer: int, worker: int, seq: int, attempt: int,
+              depth: int, buffered: int = -1, busy: int = -1, unsettled: int = -1, *,
+              error: str | None = None, redelivered: bool = False) -> None:
+        """Record one row of any kind (``-1`` gauges: not this kind of event)."""
+        head = ROW_HEAD.pack(event, FLAG_REDELIVERED if redelivered else 0, queue, consumer, worker,
+                             0 if error is None else self.error_index(error))
+        self.buf.extend(ROW.pack(head, t, seq, attempt, depth, buffered, busy, unsettled))
+
+    def publish_wait(self, t: float, queue: int, seq: int, depth: int) -> None:
+        """A publisher found the queue full and waits."""
+        self.event(EV_PUBLISH_WAIT, t, queue, -1, -1, seq, 1, depth)
+
+    def nack(self, t: float, queue: int, consumer: int, worker: int, seq: int, attempt: int, error: str,
+             depth: int, buffered: int, busy: int, unsettled: int) -> None:
+        self.event(EV_NACK, t, queue, consumer, worker, seq, attempt, depth, buffered, busy, unsettled,
+                   error=error)
+
+    def requeue(self, t: float, queue: int, consumer: int, worker: int, seq: int, attempt: int,
+                depth: int, buffered: int, busy: int, unsettled: int) -> None:
+        """Back in its queue; ``attempt`` is the delivery it will get next."""
+        self.event(EV_REQUEUE, t, queue, consumer, worker, seq, attempt, depth, buffered, busy, unsettled)
+
+    def dead_letter(self, t: float, dlq: int, consumer: int, worker: int, seq: int, depth: int,
+                    buffered: int, busy: int, unsettled: int) -> None:
+        """Moved to the dead-letter queue ``dlq`` (as a fresh message: attempt 1)."""
+        self.event(EV_DEAD_LETTER, t, dlq, consumer, worker, seq, 1, depth, buffered, busy, unsettled)
+
+    def intern_foreign(self, seq: int, msg_id: str) -> None:
+        """``seq`` stands for a message published elsewhere, whose wire id is ``msg_id``."""
+        self.foreign_ids[seq] = msg_id
 
     # -- name tables ------------------------------------------------------------------
     def queue_index(self, name: str) -> int:
@@ -197,7 +247,7 @@ class Recorder:
         return np.frombuffer(bytes(self.buf), dtype=ROW_DTYPE)
 
     def timeline(self) -> Timeline:
-        return Timeline.from_array(
+        tl = Timeline.from_array(
             self.array(),
             t0=self.t0 or 0.0,
             queue_names=list(self.queue_names),
@@ -206,7 +256,11 @@ class Recorder:
             id_format=self.id_prefix,
             queues=dict(self.queues),
             consumers=dict(self.consumers),
+            foreign_ids=dict(self.foreign_ids),
         )
+        tl.origin_unix = self.origin_unix
+        tl.process = self.process
+        return tl
 
 
 @dataclass
@@ -241,6 +295,7 @@ class Timeline:
         id_format: str,
         queues: dict[str, QueueInfo],
         consumers: dict[str, ConsumerInfo],
+        foreign_ids: dict[int, str] | None = None,
     ) -> Timeline:
         # Fields are strided views into the rows: copy each once into a contiguous array,
         # then work on that (reductions and masks on strided data cost several times more).
@@ -256,12 +311,13 @@ class Timeline:
                 "queue": pd.Categorical.from_codes(a["queue"], queue_names),
                 "consumer": pd.Categorical.from_codes(a["consumer"], consumer_names),
                 "worker": pd.arrays.IntegerArray(worker, worker < 0),
-                "msg_id": pd.Categorical.from_codes(seq, dtype=_id_dtype(id_format, n_ids)),
+                "msg_id": pd.Categorical.from_codes(seq, dtype=_id_dtype(id_format, n_ids, foreign_ids)),
                 "attempt": a["attempt"].astype(np.int32),
                 "error": pd.Categorical.from_codes(
                     err_codes, [e for e in errors[1:]] if len(errors) > 1 else []
                 ),
                 **{g: pd.arrays.IntegerArray(v, v < 0) for g, v in gauges.items()},
+                "redelivered": (a["flags"] & FLAG_REDELIVERED).astype(bool),
             },
             copy=False,
         )

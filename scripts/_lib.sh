@@ -135,8 +135,15 @@ ensure_broker_servers() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing Debian's ${missing[*]} for the broker tests"
     apt_update_once "${missing[*]} for the broker tests"
-    apt-get install -y -qq "${missing[@]}" >/dev/null ||
-      die "apt-get install ${missing[*]} failed (see apt's message above)"
+    # Keep the packages' own services from starting (a RabbitMQ on 5672 for the whole run):
+    # a policy-rc.d that says no, only while apt runs, unless the machine has one already.
+    local policy=/usr/sbin/policy-rc.d made_policy="" rc=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    apt-get install -y -qq "${missing[@]}" >/dev/null || rc=$?
+    [ -z "$made_policy" ] || rm -f "$policy"
+    [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed (see apt's message above)"
     return 0
   fi
   if [ -n "${CI:-}" ]; then

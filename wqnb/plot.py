@@ -722,8 +722,7 @@ def sweep_lines(
         ax.set_yscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(_metric_label(metric))
-    ax.legend(fontsize="x-small", title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              borderaxespad=0)
+    ax.legend(fontsize="x-small", title=None, loc="best")  # few points: "best" is cheap
     ax.set_title(f"{_metric_label(metric)} vs {x}", loc="left", fontsize="medium")
     return ax
 
@@ -786,12 +785,17 @@ def erlang_c_curves(
         ax.plot([], [], "o", color="grey", label="measured (mean, min–max over seeds)")
     if logy:
         ax.set_yscale("log")
+        # the curves fall to 1e-13 s at low load: keep the axis where waits can be measured
+        waits = measured["wait"].to_numpy(dtype=float) if measured is not None and len(measured) else np.array([])
+        waits = waits[np.isfinite(waits) & (waits > 0)]
+        top = ax.get_ylim()[1]
+        ax.set_ylim(bottom=max(waits.min() / 5 if waits.size else 0.0, top * 1e-5))
     ax.set_xlim(0, 1)
     ax.set_xlabel("utilisation ρ = λ / (c μ)")
     ax.set_ylabel("mean wait before service Wq (s)")
     ax.set_title(f"M/M/c: wait against load (service {1 / service_rate:g} s)", loc="left",
                  fontsize="medium")
-    ax.legend(fontsize="x-small", loc="upper left")
+    ax.legend(fontsize="x-small", loc="lower right")  # the curves rise to the right
     return ax
 
 

@@ -326,7 +326,15 @@ def _sweep_cell(concurrency: int, prefetch: int, seed: int | None,
     row: dict[str, Any] = {"concurrency": concurrency, "prefetch": prefetch}
     if seed is not None:
         row["seed"] = seed
-    return {**row, **s.to_dict()}
+    return {**row, **summary_row(s)}
+
+
+def summary_row(s: pd.Series) -> dict[str, Any]:
+    """A summary as a sweep's row: counts as ``int`` (so a results table shows ``333``,
+    not ``333.0``), the rest as floats."""
+    from .views import COUNT_KEYS
+
+    return {k: int(v) if k in COUNT_KEYS else float(v) for k, v in s.items()}
 
 
 def default_executor(cells: int) -> Executor | None:

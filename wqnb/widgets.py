@@ -419,7 +419,9 @@ class Sweep:
 
     def _one(self, c: int, p: int) -> dict[str, Any]:
         tl = self._simulate(concurrency=c, prefetch=p, **self.fixed)
-        return {"concurrency": c, "prefetch": p, **tl.summary().to_dict()}
+        from .sim import summary_row
+
+        return {"concurrency": c, "prefetch": p, **summary_row(tl.summary())}
 
     def _finish(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         self.results = pd.DataFrame(rows)

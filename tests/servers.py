@@ -144,7 +144,12 @@ def end(procs: list[Proc], timeout: float) -> None:
         time.sleep(0.02)
     for p in procs:
         p.signal(signal.SIGKILL)
-    wait_until(lambda: (_reap(), not any(p.alive() for p in procs))[1], 10.0, "SIGKILLed pids to exit")
+    wait_until(lambda: _all_exited(procs), 10.0, "SIGKILLed pids to exit")
+
+
+def _all_exited(procs: list[Proc]) -> bool:
+    _reap()
+    return not any(p.alive() for p in procs)
 
 
 def _reap() -> None:
@@ -272,10 +277,10 @@ class Server:
         return self
 
     def _ready(self) -> bool:
-        proc = self.server_proc
+        """The server answers; a ServerError once the process we started has exited."""
+        proc = self.procs[0] if self.procs else None
         if proc is None or not proc.alive():
-            _reap()
-            raise ServerError(f"{self.kind} exited while starting; last lines of {self.log}:\n{self.log_tail()}")
+            raise ServerError(f"{self.kind} exited while starting")
         return self._answers()
 
     def kill(self) -> None:
@@ -283,7 +288,7 @@ class Server:
         procs = self._server_procs()
         for p in reversed(procs):  # the real server first, then its wrapper
             p.signal(signal.SIGKILL)
-        wait_until(lambda: (_reap(), not any(p.alive() for p in procs))[1], 10.0, f"killed {self.kind} to exit")
+        wait_until(lambda: _all_exited(procs), 10.0, f"killed {self.kind} to exit")
         self._forget(procs)
 
     def restart(self) -> Server:
@@ -295,8 +300,10 @@ class Server:
     def stop(self) -> None:
         """SIGTERM what this object started, SIGKILL after `stop_timeout`; remove a temp data dir."""
         self._end_server()
-        end(self.procs, self.stop_timeout)
-        self.procs = []
+        helpers = self.helper_procs()
+        if helpers:
+            end(helpers, self.stop_timeout)
+            self._forget_helpers()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -341,6 +348,9 @@ class Server:
     def helper_procs(self) -> list[Proc]:
         """Processes that outlive a restart (RabbitMQ's epmd); stopped after the server."""
         return []
+
+    def _forget_helpers(self) -> None:
+        pass
 
     def all_procs(self) -> list[Proc]:
         return self._server_procs() + self.helper_procs()
@@ -456,13 +466,6 @@ class RabbitMQServer(Server):
     def server_proc(self) -> Proc | None:
         return self._beam() or (self.procs[0] if self.procs else None)
 
-    def _ready(self) -> bool:
-        if self.procs and not self.procs[0].alive():
-            _reap()
-            raise ServerError(f"rabbitmq-server exited while starting; last lines of {self.log}:\n"
-                              f"{self.log_tail()}")
-        return self._answers()
-
     def _answers(self) -> bool:
         return amqp_answers(self.port)
 
@@ -471,14 +474,11 @@ class RabbitMQServer(Server):
         extra = [beam] if beam is not None and beam not in self.procs else []
         return list(self.procs) + extra
 
-    def stop(self) -> None:
-        super().stop()
-        if self.epmd is not None:
-            end([self.epmd], self.stop_timeout)
-            self.epmd = None
-
     def helper_procs(self) -> list[Proc]:
         return [self.epmd] if self.epmd is not None else []
+
+    def _forget_helpers(self) -> None:
+        self.epmd = None
 
 
 class RedisServer(Server):

@@ -332,9 +332,9 @@ def _sweep_cell(concurrency: int, prefetch: int, seed: int | None,
 def summary_row(s: pd.Series) -> dict[str, Any]:
     """A summary as a sweep's row: counts as ``int`` (so a results table shows ``333``,
     not ``333.0``), the rest as floats."""
-    from .views import COUNT_KEYS
+    from .views import Summary
 
-    return {k: int(v) if k in COUNT_KEYS else float(v) for k, v in s.items()}
+    return Summary(s).as_row()
 
 
 def default_executor(cells: int) -> Executor | None:

@@ -187,6 +187,12 @@ class Summary(pd.Series):
     def _constructor(self) -> type[Summary]:
         return Summary
 
+    def as_row(self) -> dict[str, int | float]:
+        """A plain dict with counts as ``int``: one row of a table of runs
+        (``pd.DataFrame.from_dict({name: s.as_row()}, orient="index")`` shows ``781``,
+        not ``781.0``)."""
+        return {str(k): int(v) if k in COUNT_KEYS else float(v) for k, v in self.items()}
+
     def to_text(self) -> str:
         """One ``key  value`` line each, as ``print(summary)`` shows it."""
         width = max((len(str(k)) for k in self.index), default=0)

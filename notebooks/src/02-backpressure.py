@@ -36,6 +36,31 @@ tl.summary()[["published", "acked", "duration_s", "throughput_per_s", "max_depth
 fig = plot.backpressure(tl)
 
 # %% [markdown]
+# ## Replay: the system at any instant
+#
+# Press **Play** (or drag the slider) to watch the run: the publisher, the ready
+# messages in the queue, the consumer's prefetch buffer, each worker with the message it
+# holds, and the counts so far. Watch the buffer fill, then the workers, then the queue
+# — and the publisher turn red when the queue is full: backpressure. The picture is
+# read back from the timeline (`wqnb.replay.state_at`), so it works on any run.
+
+# %%
+from wqnb.widgets import Replay
+
+replay = Replay(tl, start=0, end=6, frames=121)
+replay.seek(5.0)
+replay
+
+# %% [markdown]
+# The same state as data, five seconds in:
+
+# %%
+snap = replay.snapshot
+print(f"t = {snap.t:.2f} s: queue {snap.depth}/{snap.max_length}, buffer "
+      f"{snap.buffered}/{snap.prefetch}, busy {snap.busy}/{snap.concurrency}, "
+      f"publisher {'blocked' if snap.publisher_waiting else 'not waiting'}, acked {snap.acked}")
+
+# %% [markdown]
 # ## The order things fill up in
 #
 # Zoom on the first three seconds. First the **buffer** fills to `prefetch` (yellow);
@@ -59,10 +84,11 @@ variants = {
     "max_length 20": {"max_length": 20},
     "arrivals 60/s": {"arrival_rate": 60.0},
 }
-rows = {name: wqnb.simulate(**{**base, **change}).summary() for name, change in variants.items()}
+rows = {name: wqnb.simulate(**{**base, **change}).summary().as_row()
+        for name, change in variants.items()}
 cols = ["throughput_per_s", "latency_p50_s", "latency_p99_s", "max_depth", "max_unsettled",
         "publish_waits", "publish_wait_total_s"]
-pd.DataFrame(rows).T[cols].round(2)
+pd.DataFrame.from_dict(rows, orient="index")[cols].round(2)
 
 # %% [markdown]
 # * **More workers** (`concurrency 8`, 160/s of capacity) is the only change that removes
@@ -83,6 +109,28 @@ fig = plot.backpressure(wqnb.simulate(**{**base, "prefetch": 1000}), start=0, en
 # * **A shorter queue** (`max_length 20`) pushes back on the publisher sooner and longer;
 #   latency goes *down*, because less is waiting in front of each message.
 # * **Fewer arrivals** (60/s, below capacity) and there is nothing to push back.
+
+# %% [markdown]
+# ## The pictures RabbitMQ and Flower show
+#
+# RabbitMQ's management page for a queue draws two charts: *queued messages* (Ready and
+# Unacked, stacked: the top is all the queue holds) and *message rates*. The same from
+# the timeline, for the overloaded run and for the one with `prefetch: 1000`, where the
+# "empty" queue is all Unacked:
+
+# %%
+fig = plot.rabbitmq(tl)
+
+# %%
+fig = plot.rabbitmq(wqnb.simulate(**{**base, "prefetch": 1000}))
+
+# %% [markdown]
+# Celery's Flower shows a table of workers; `wqnb.replay.workers` is that table for a
+# consumer: what each worker handled, how busy it was, and what it holds (at the end
+# of a run: nothing).
+
+# %%
+wqnb.replay.workers(tl).round(3)
 
 # %% [markdown]
 # ## Latency: where the time goes
@@ -108,6 +156,24 @@ Explorer(**base, distribution="constant")
 # ## Try it
 #
 # * With the Explorer: find the smallest `concurrency` at which the publisher never waits.
+#
+# <details><summary>Answer</summary>
+#
+# 6: `wqnb.simulate(**{**base, "concurrency": 6}).summary()["publish_waits"]` is 0, and 5
+# gives 327. Six workers handle exactly the 120/s that arrive (ρ = 1): in the long run
+# that queue grows without bound, but in 2,000 messages it only wanders, and never
+# reaches the 200 that would stop the publisher.
+# </details>
+#
 # * Set `max_length` to 1: what is the publisher's total waiting time, and why is the
 #   throughput still 80/s?
+#
+# <details><summary>Answer</summary>
+#
+# `wqnb.simulate(**{**base, "max_length": 1}).summary()["publish_wait_total_s"]` is about
+# 9 s: the queue is nearly always full, so most publishes wait. Throughput is set by the
+# workers (4 / 0.05 s = 80/s), and they are never starved: the buffer (`prefetch` 10)
+# still holds the next messages.
+# </details>
+#
 # * Next: **03-concurrency-vs-prefetch** — sweeping both knobs, and queueing theory.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 HOST = "127.0.0.1"
 
@@ -217,7 +217,9 @@ class Server:
 
     def __init__(self, root: Path | str | None = None, ports: dict[str, int] | None = None) -> None:
         self._own_root = root is None
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"wqnb-{self.kind}-"))
+        if root is None:
+            root = tempfile.mkdtemp(prefix=f"wqnb-{self.kind}-")
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ports = dict(ports) if ports else {name: free_port() for name in self.port_names()}
         self.procs: list[Proc] = []   # every process started, the server's wrapper first
@@ -256,7 +258,7 @@ class Server:
         return cls.binary() is not None
 
     # lifecycle
-    def start(self) -> Server:
+    def start(self) -> Self:
         """Start the server and return once it answers; a ServerError with its log otherwise."""
         self.launch()
         return self.wait_ready()
@@ -267,7 +269,7 @@ class Server:
             raise ServerUnavailable(self.missing_message())
         self._launch()
 
-    def wait_ready(self) -> Server:
+    def wait_ready(self) -> Self:
         """Return once the launched server answers; stop it and raise ServerError otherwise."""
         try:
             wait_until(self._ready, self.start_timeout, f"{self.kind} on {HOST}:{self.port}")
@@ -291,14 +293,14 @@ class Server:
         wait_until(lambda: _all_exited(procs), 10.0, f"killed {self.kind} to exit")
         self._forget(procs)
 
-    def restart(self) -> Server:
+    def restart(self) -> Self:
         """Start again on the same ports and data dir (after `kill()` or `stop()`)."""
         if self._server_procs() and any(p.alive() for p in self._server_procs()):
             self._end_server()
         return self.start()
 
     def stop(self) -> None:
-        """SIGTERM what this object started, SIGKILL after `stop_timeout`; remove a temp data dir."""
+        """SIGTERM what this started, SIGKILL after `stop_timeout`; remove a temp data dir."""
         self._end_server()
         helpers = self.helper_procs()
         if helpers:
@@ -318,7 +320,7 @@ class Server:
         end(list(reversed(procs)), self.stop_timeout)
         self._forget(procs)
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -336,7 +338,7 @@ class Server:
 
     @classmethod
     def missing_message(cls) -> str:
-        return f"{self.kind} server not installed"
+        return f"{cls.kind} server not installed"
 
     # state for the CLI: the stop command runs in another process
     def state(self) -> dict[str, Any]:
@@ -380,10 +382,12 @@ class RabbitMQServer(Server):
     @classmethod
     def binary(cls) -> str | None:
         # Not /usr/sbin/rabbitmq-server: Debian's wrapper su's to the rabbitmq user.
+        if cls._epmd_binary() is None:
+            return None
         for cand in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-            if cand and os.access(cand, os.X_OK) and cls._epmd_binary():
-                if "rabbitmq-script-wrapper" not in Path(cand).read_text(errors="replace")[:2000]:
-                    return cand
+            if (cand and os.access(cand, os.X_OK)
+                    and Path(cand).resolve().name != "rabbitmq-script-wrapper"):
+                return cand
         return None
 
     @staticmethod
@@ -528,7 +532,7 @@ class MotoServer(Server):
     @classmethod
     def binary(cls, python: str | None = None) -> str | None:
         py = python or sys.executable
-        probe = subprocess.run([py, "-c", "import moto.server"], capture_output=True)
+        probe = subprocess.run([py, "-c", "import moto.server"], capture_output=True, check=False)
         return py if probe.returncode == 0 else None
 
     @classmethod
@@ -580,7 +584,8 @@ def _cli_start(kinds: list[str], state: Path) -> int:
             server.launch()
             launched.append(server)
         except ServerUnavailable as e:
-            print(f"servers.py: {kind}: {e}; its tests will skip (fail under CI=true)", file=sys.stderr)
+            print(f"servers.py: {kind}: {e}; its tests will skip (fail under CI=true)",
+                  file=sys.stderr)
         except (ServerError, OSError) as e:
             print(f"servers.py: {kind}: {e}", file=sys.stderr)
             rc = 1
@@ -609,7 +614,8 @@ def _cli_stop(state: Path) -> int:
         # the server itself (recorded last: beam.smp after its wrapper), then epmd
         end([Proc(**p) for p in reversed(info["procs"])], SERVERS[info["kind"]].stop_timeout)
         end([Proc(**p) for p in info["helpers"]], 10.0)
-        print(f"servers.py: {info['kind']} stopped in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        took = time.monotonic() - t0
+        print(f"servers.py: {info['kind']} stopped in {took:.1f} s", file=sys.stderr)
         f.unlink()
     return 0
 

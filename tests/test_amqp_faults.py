@@ -28,11 +28,11 @@ import pytest
 
 pytest.importorskip("aio_pika")
 
-import aio_pika  # noqa: E402
+import aio_pika
+from servers import RabbitMQServer, free_port
 
-import wqnb  # noqa: E402
-from servers import RabbitMQServer, free_port  # noqa: E402
-from wqnb.errors import DriverUnavailable, PublishError  # noqa: E402
+import wqnb
+from wqnb.errors import DriverUnavailable, PublishError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 90.0  # seconds for a subprocess to start, a queue to empty, ... (a loaded 2-core box)
@@ -198,7 +198,8 @@ class Scenario:
     workers: list[Worker] = field(default_factory=list)
 
     def write_app(self, *, concurrency: int = 2, prefetch: int = 10, publish_timeout: str = "60s",
-                  connection_timeout: str = "5s", name: str = "app.yaml", url: str | None = None) -> Path:
+                  connection_timeout: str = "5s", name: str = "app.yaml",
+                  url: str | None = None) -> Path:
         path = self.dir / name
         path.write_text(APP.format(url=url or self.url, queue_name=self.queue_name,
                                    concurrency=concurrency, prefetch=prefetch,
@@ -292,7 +293,9 @@ def shared(amqp_url: str, tmp_path: Path) -> Iterator[Scenario]:
 
 
 @pytest.fixture
-def private(private_rabbitmq: RabbitMQServer, tmp_path: Path) -> Iterator[tuple[Scenario, RabbitMQServer]]:
+def private(
+    private_rabbitmq: RabbitMQServer, tmp_path: Path,
+) -> Iterator[tuple[Scenario, RabbitMQServer]]:
     """A scenario on a broker of the test's own, which it may kill and restart."""
     (tmp_path / "faulthandlers.py").write_text(HANDLERS)
     sc = Scenario(tmp_path, private_rabbitmq.url)
@@ -378,7 +381,8 @@ def test_broker_kill_9_and_restart_from_its_data_dir_loses_no_returned_publish(p
     app = sc.write_app(prefetch=20, concurrency=2, publish_timeout="120s")
     workers = sc.start_workers(["w0", "w1"], app, delay=0.002)
     pub = sc.publisher(app, 1500, rate=300.0)
-    wait_for(lambda: len(sc.published()) >= 300 and len(sc.handled()) >= 100, "the run to be under way")
+    wait_for(lambda: len(sc.published()) >= 300 and len(sc.handled()) >= 100,
+             "the run to be under way")
 
     broker.kill()
     published_at_kill = len(sc.published())
@@ -392,7 +396,7 @@ def test_broker_kill_9_and_restart_from_its_data_dir_loses_no_returned_publish(p
     # The same processes carried on: they reconnected by themselves.
     for w in workers:
         assert w.popen.poll() is None, f"{w.name} died:\n{w.output()}"
-        assert len(w.handled()) > handled_at_kill[w.name], f"{w.name} handled nothing after the restart"
+        assert len(w.handled()) > handled_at_kill[w.name], f"{w.name}: nothing after the restart"
     for w in workers:
         assert w.term() == 0, w.output()
 
@@ -503,7 +507,8 @@ def test_soak_one_publisher_three_workers_one_killed_and_restarted(shared: Scena
     assert pub.wait() == 0, pub.output()
     published = shared.published()
     assert len(published) == n
-    wait_for(lambda: shared.handled_bodies() >= set(published), "every published message to be handled")
+    wait_for(lambda: shared.handled_bodies() >= set(published),
+             "every published message to be handled")
     for w in shared.workers:
         if w.popen.poll() is None:
             assert w.term() == 0, w.output()

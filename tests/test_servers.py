@@ -135,8 +135,9 @@ def test_cli_prints_exports_and_stops_every_pid_it_recorded(tmp_path: Path) -> N
     if not kinds:
         pytest.skip("none of rabbitmq-server, redis-server, moto is installed")
     state = tmp_path / "state"
-    start = subprocess.run([sys.executable, str(SERVERS_PY), "start", *kinds, "--state", str(state)],
-                           capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, str(SERVERS_PY), "start", *kinds, "--state", str(state)]
+    start = subprocess.run(argv,
+                           capture_output=True, text=True, timeout=120, check=False)
     try:
         assert start.returncode == 0, start.stderr
         exports = dict(line.removeprefix("export ").split("=", 1)
@@ -151,7 +152,7 @@ def test_cli_prints_exports_and_stops_every_pid_it_recorded(tmp_path: Path) -> N
         assert not any(refused(p) for p in ports)
     finally:
         stop = subprocess.run([sys.executable, str(SERVERS_PY), "stop", "--state", str(state)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
     assert stop.returncode == 0, stop.stderr
     assert_gone(recorded, ports)
     assert not list(state.glob("*.json"))

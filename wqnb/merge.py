@@ -182,9 +182,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    # one read of the whole file: a worker may replace it (a checkpoint) while we read,
+    # and reading footer and pages through separate opens could mix two versions
+    table = pq.read_table(pa.BufferReader(path.read_bytes()))
     raw = (table.schema.metadata or {}).get(META_KEY)
     meta = json.loads(raw) if raw else {}
     return table.to_pandas(), meta

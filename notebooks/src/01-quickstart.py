@@ -169,7 +169,9 @@ tl
 # One row per event. `msg_id` is random per run, so we number messages in publish order.
 # The gauges on the right are the state *after* the event: `depth` (ready in the queue),
 # `buffered` (in the prefetch buffer), `busy` (workers running), `unsettled` (delivered,
-# not yet acked or nacked).
+# not yet acked or nacked). A `publish` row belongs to the queue, not to a consumer, so
+# its consumer gauges are `<NA>` ("not this row's business", not zero); `tl.gauges()`
+# carries every gauge forward into a full step series.
 
 # %%
 view = tl.df.assign(msg=tl.df["msg_id"].cat.codes, t=tl.df["t"].round(4))
@@ -185,9 +187,13 @@ view[["t", "event", "msg", "worker", "attempt", "depth", "buffered", "busy",
 # %%
 tl.messages()[["attempt", "worker", "outcome", "queue_wait", "buffer_wait", "service"]].head(3)
 
+# %% [markdown]
+# `summary()` prints counts as whole numbers and times with their unit; it is still a
+# Series of floats (`s["duration_s"]` is seconds):
+
 # %%
 tl.summary()[["published", "acked", "nacked", "duration_s", "throughput_per_s",
-              "max_depth"]].round(2)
+              "latency_p50_s", "max_depth"]]
 
 # %%
 ax = plot.gantt(tl, start=0, end=1)
@@ -196,7 +202,39 @@ ax = plot.gantt(tl, start=0, end=1)
 # ## Try it
 #
 # * Change `concurrency: 4` to `1` in `APP_YAML`, rerun, and look at the Gantt again.
-# * Publish `{"id": "task-x", "action": "explode"}` in the real run: what does the
-#   timeline show, and why does `drain()` never return? (Interrupt the kernel to get out;
-#   notebook 04 shows the way out: `dead_letter` and `max_attempts`.)
+#
+# <details><summary>Answer</summary>
+#
+# One lane: the worker handles the messages one after another, and they wait in the
+# prefetch buffer (`buffer_wait` in `messages()`) instead of being handled side by side.
+# The run takes about four times longer, and `max_buffered` goes up.
+# </details>
+#
+# * Publish `{"id": "task-x", "action": "explode"}` in the real run. The handler nacks it
+#   and the message is requeued **forever** (Wippy retries without limit), so always
+#   bound the experiment: wait with a timeout and stop the runtime whatever happens.
+#
+# ```python
+# rt = wqnb.Runtime.from_yaml(app_dir)
+# await rt.start()
+# await rt.publish("app.queue:tasks", {"id": "task-x", "action": "explode"})
+# try:
+#     await rt.drain(timeout=1.0)      # never empty: TimeoutError after 1 s
+# except TimeoutError:
+#     print("still retrying after 1 s")
+# finally:
+#     await rt.stop()                  # the message is handed back to the queue
+# rt.timeline.df["event"].value_counts()
+# ```
+#
+# <details><summary>Answer</summary>
+#
+# Thousands of `deliver` / `start` / `nack` / `requeue` rows for the one message in a
+# second, each `attempt` one higher: a failing message goes back to the tail of the queue
+# and comes straight back. `drain()` waits for an empty queue, which never comes, so it
+# needs its `timeout`. The way out is in notebook 04: a `dead_letter` queue with
+# `max_attempts`, or a `requeue_delay` that spaces the retries. (Without the timeout, an
+# interrupted `drain()` leaves the runtime running in the kernel: `await rt.stop()` ends it.)
+# </details>
+#
 # * Next: **02-backpressure** — what happens when messages arrive faster than they are handled.

@@ -44,10 +44,18 @@ dead_at = tl.df.loc[tl.df["event"] == "dead_letter", "t"].min()
 ax = plot.gantt(tl, start=dead_at - 1.0, end=dead_at + 0.5)
 
 # %% [markdown]
-# One message's whole story, event by event:
+# Follow one dead-lettered message across the lanes: `highlight=` outlines each of its
+# attempts in red and joins them, from the worker that failed it to the next one.
 
 # %%
 dead_id = tl.df.loc[tl.df["event"] == "dead_letter", "msg_id"].iloc[0]
+first_try = tl.messages().query("msg_id == @dead_id")["t_start"].min()
+ax = plot.gantt(tl, start=first_try - 0.3, end=dead_at + 0.3, highlight=dead_id)
+
+# %% [markdown]
+# Its whole story, event by event:
+
+# %%
 story = tl.df[tl.df["msg_id"] == dead_id]
 story.assign(t=story["t"].round(3))[["t", "event", "queue", "worker", "attempt", "error"]]
 
@@ -95,6 +103,15 @@ m[m["outcome"] == "nack"][["attempt", "outcome", "dead_lettered", "error"]]
 tl.df[tl.df["event"] == "dead_letter"][["event", "queue", "attempt"]]
 
 # %% [markdown]
+# In the Gantt, the poison message's three attempts (outlined, and joined across the
+# two workers) stand among the acks; the ✕ is where it left for the dead-letter queue.
+# With 30 messages every bar carries its number.
+
+# %%
+poison = tl.df.loc[tl.df["event"] == "dead_letter", "msg_id"].iloc[0]
+ax = plot.gantt(tl, highlight=poison)
+
+# %% [markdown]
 # ## A requeue delay
 #
 # Retrying at once hammers whatever failed. The consumer's `requeue_delay` waits before
@@ -106,8 +123,9 @@ for delay in (None, 0.5):
     tl = wqnb.simulate(concurrency=4, prefetch=10, messages=1000, arrival_rate=60.0,
                        service_time=0.05, failure_rate=0.2, max_attempts=3,
                        requeue_delay=delay, seed=1)
-    rows[f"requeue_delay {delay or 0} s"] = tl.summary()
-pd.DataFrame(rows).T[["acked", "dead_lettered", "latency_p50_s", "latency_p99_s"]].round(3)
+    rows[f"requeue_delay {delay or 0} s"] = tl.summary().as_row()
+pd.DataFrame.from_dict(rows, orient="index")[["acked", "dead_lettered", "latency_p50_s",
+                                              "latency_p99_s"]].round(3)
 
 # %% [markdown]
 # ## Handler timeouts

@@ -134,6 +134,29 @@ assert(not ok and err:find("name cannot be empty"))
     assert recs[2].name == "wqnb.lua.app.queue:task_handler.db" and recs[2].fields["table"] == "t"
 
 
+def test_logger_named_makes_a_bounded_number_of_python_loggers(caplog):
+    """Issue 14 point 15: Python keeps every logger it makes; 2,000 deliveries naming
+    2,000 loggers must not make 2,000. Names past the bound log through the function's
+    logger with the name in the ``logger`` field."""
+    from wqnb.lua.host import MAX_NAMED_LOGGERS
+
+    prefix = "wqnb.lua.app.queue:task_handler.bounded-"
+    h = handler('local logger = require("logger")\n'
+                'return function(b) logger:named("bounded-" .. b):info("hi", {n = b}) end')
+    with caplog.at_level(logging.INFO, logger="wqnb.lua"):
+        for i in range(2000):
+            assert run(h, str(i)) is None
+    made = [name for name in logging.Logger.manager.loggerDict if name.startswith(prefix)]
+    assert len(made) == MAX_NAMED_LOGGERS == 64
+    recs = _records(caplog)
+    assert len(recs) == 2000
+    assert recs[0].name == prefix + "0" and "logger" not in recs[0].fields
+    assert recs[1999].name == "wqnb.lua.app.queue:task_handler"
+    assert recs[1999].fields == {"n": "1999", "logger": "bounded-1999", "location": recs[1999].fields["location"]}
+    assert run(h, "0") is None  # a name seen before keeps its own logger
+    assert len([n for n in logging.Logger.manager.loggerDict if n.startswith(prefix)]) == 64
+
+
 def test_logger_respects_python_levels_set_between_deliveries(caplog):
     h = handler('local logger = require("logger")\nreturn function(b) logger.info("hello", {n = b}) end')
     lg = logging.getLogger("wqnb.lua.app.queue:task_handler")

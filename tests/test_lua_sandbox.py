@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_lua_kit import handler, lua_check, lua_nack, run
+from test_lua_kit import PRELUDE, FakeServices, handler, lua_check, lua_nack, run
 
 from wqnb.handlers.lua import DEFAULT_INSTRUCTION_LIMIT, _new_lua
 
@@ -35,10 +35,55 @@ def _in_child(call: str, timeout: float = 60.0) -> str:
 
 
 # -- what is (not) there ------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["os", "io", "debug", "package", "dofile", "loadfile", "python",
+@pytest.mark.parametrize("name", ["io", "debug", "package", "dofile", "loadfile", "python",
                                   "module", "setfenv", "getfenv", "newproxy", "warn"])
 def test_dangerous_globals_are_absent(name):
     lua_check(f'assert({name} == nil, "{name} is reachable")')
+
+
+# -- Wippy's safe os (issue 12 §2) -----------------------------------------------------------------
+def test_os_is_wippys_safe_subset_and_nothing_else():
+    lua_check('local names = {}\nfor k in pairs(os) do names[#names + 1] = k end\ntable.sort(names)\n'
+              'assert(table.concat(names, " ") == "clock date difftime time", table.concat(names, " "))')
+
+
+@pytest.mark.parametrize("name", ["exit", "execute", "getenv", "remove", "rename", "tmpname", "setlocale"])
+def test_os_has_no_dangerous_function(name):
+    lua_check(f'assert(os.{name} == nil, "os.{name} is reachable")\n'
+              f'assert(load("return os.{name}")() == nil)')
+
+
+def test_os_cannot_be_extended_or_reached_through_its_metatable():
+    assert lua_nack("os.execute = function() end") == (
+        "task_handler.lua:6: attempt to modify read-only table 'os'")
+    lua_check("assert(getmetatable(os) == false)")
+
+
+def test_os_follows_the_runtimes_clock():
+    """FakeServices' clock is 2026-01-01T00:00:00.25Z; os.clock counts from the runtime's making."""
+    services = FakeServices()
+    lua_check('assert(os.time() == 1767225600, os.time())\n'
+              'assert(math.type(os.time()) == "integer")\n'
+              'assert(os.date("%Y-%m-%d %H:%M:%S") == "2026-01-01 00:00:00", os.date("%Y-%m-%d %H:%M:%S"))\n'
+              'assert(os.date("!%H", 3600) == "01")\n'
+              'local t = os.date("*t", 86400 * 365)\n'
+              'assert(t.year == 1971 and t.month == 1 and t.day == 1 and t.hour == 0, t.year)\n'
+              'assert(os.time({year = 2026, month = 1, day = 1, hour = 0}) == 1767225600)\n'
+              'assert(os.time({year = 2025, month = 13, day = 1, hour = 0}) == 1767225600)\n'
+              'assert(os.time({year = 2026, month = 1, day = 1}) == 1767225600 + 12 * 3600)\n'
+              'assert(os.difftime(10, 4) == 6.0 and math.type(os.difftime(10)) == "float")\n'
+              'assert(os.clock() == 0.0, os.clock())', services=services)
+    h = handler(PRELUDE + "return function() return nil, string.format('%d %.2f', os.time(), os.clock()) end",
+                services)
+    services.clock += 90.5
+    assert str(run(h)) == "1767225690 90.50"
+
+
+def test_os_date_and_time_refuse_bad_arguments_as_lua_does():
+    assert lua_nack("os.time({year = 2026})") == "task_handler.lua:6: field 'month' missing in date table"
+    assert lua_nack("os.time({year = 2026, month = 1.5, day = 1})") == (
+        "task_handler.lua:6: field 'month' is not an integer")
+    assert "invalid conversion specifier" in lua_nack("os.date('%Ez')")
 
 
 def test_string_dump_is_gone_from_the_library_and_from_string_methods():
@@ -55,7 +100,8 @@ def test_load_refuses_bytecode_whatever_mode_is_asked():
 
 
 def test_load_defaults_to_the_sandbox_not_the_real_globals():
-    lua_check('assert(load("return os")() == nil)\nassert(load("return require")() == require)')
+    lua_check('assert(load("return io")() == nil)\nassert(load("return require")() == require)\n'
+              'assert(load("return os")() == os and load("return os.execute")() == nil)')
 
 
 def test_load_with_an_explicit_env_uses_it():
@@ -95,6 +141,7 @@ ALLOWED_FUNCTIONS = {
     *(f"logger.{n}" for n in ["debug", "error", "info", "named", "warn", "with"]),
     *(f"queue.{n}" for n in ["info", "message", "publish"]),
     *(f"time.{n}" for n in ["now", "parse_duration", "sleep", "unix"]),
+    *(f"os.{n}" for n in ["clock", "date", "difftime", "time"]),
 }
 WALK = """
 local found, seen, fns = {}, {}, {}

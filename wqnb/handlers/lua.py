@@ -25,7 +25,7 @@ import lupa.lua54 as engine
 from ..durations import parse_duration
 from ..errors import AlreadySettled, ConfigError, HandlerError, MessageReleased, QueueNotFound
 from ..lua import MODULES, lua_source
-from ..lua.host import Host
+from ..lua.host import SLACK, SMALL, Host, clip
 from ..message import Delivery
 from .base import FunctionSpec, Handler, HandlerServices
 
@@ -52,6 +52,9 @@ DEFAULT_TIME_LIMIT = 1.0
 DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
 #: The budget hook runs every TICK instructions; the budget is counted in ticks.
 TICK = 1000
+#: Bytes kept free under the memory cap for what a host call hands back directly
+#: (strings up to SMALL bytes, and lupa's own small allocations).
+RESERVE = 2 * SLACK + SMALL
 
 # Result codes of K.step (kept in sync with wqnb/lua/kernel.lua).
 OK, FAIL, ERR, DEAD = 0, 1, 2, 3
@@ -115,6 +118,8 @@ def _deny_attributes(obj: object, name: object, is_setting: bool) -> str:
 
 
 def _new_lua(max_memory: int | None) -> Any:
+    """A bare runtime; ``max_memory=0`` counts allocations without a cap yet (the handler
+    sets its cap once built: lupa's own set-up calls must not meet it)."""
     return engine.LuaRuntime(
         register_eval=False,
         register_builtins=False,
@@ -156,7 +161,9 @@ class LuaHandler:
         self._token = 0
         self._idle: list[int] = []
 
-        lua = self.lua = _new_lua(self.max_memory)
+        # Built without a cap (lupa's pushes are unprotected: a memory error in them
+        # aborts the process), measured, then capped before the handler's own top level runs.
+        lua = self.lua = _new_lua(0)
         self.host = Host(lua, engine.lua_type, spec, services, self._live)
         ticks = -(-self.instruction_limit // TICK)
         try:
@@ -165,17 +172,22 @@ class LuaHandler:
                 name="@wqnb/lua/kernel.lua", mode="t",
             )
             lua.execute(lua_source("errors"), K, name="@wqnb/lua/errors.lua", mode="t")
+            lua.execute(lua_source("os"), K, name="@wqnb/lua/os.lua", mode="t")
             built = {"json": lua.execute(lua_source("json"), K, name="@wqnb/lua/json.lua", mode="t")}
             for name in spec.modules:
                 module = built.get(name)
                 if module is None:
                     module = lua.execute(lua_source(name), K, name=f"@wqnb/lua/{name}.lua", mode="t")
                 K.define(name, module if name == "logger" else K.readonly(module, name))
-            result = K.load_handler(spec.source, spec.chunk_name, spec.method)
-        except LuaError as e:  # the memory cap while building, or a bug of ours
+            result = K.compile(spec.source, spec.chunk_name)
+            if result is True:
+                self._idle.append(K.new_runner())
+                self._apply_cap(K)
+                result = K.load_handler(None, spec.chunk_name, spec.method)
+        except LuaError as e:  # a bug of ours
             raise _config_error(spec, f"cannot set up the Lua runtime: {e}", "source") from None
         if isinstance(result, tuple):
-            message = result[1]
+            message = self._explain(result[1])
             field = "method" if message.startswith("method '") else "source"
             raise _config_error(spec, message, field)
         self._K = K
@@ -183,12 +195,52 @@ class LuaHandler:
         self._resume = K.resume
         self._new_runner = K.new_runner
         self._drop = K.drop
+        self._used = lua.get_memory_used
         self._threshold = self.host.log_threshold if "logger" in spec.modules else None
         if "queue" not in spec.modules:
             # Without the queue module the handler cannot reach its delivery: the consumer
             # may call body_fn(body) and make no Delivery (see handlers/base.py). It is
             # _run(0, body) (token 0: no delivery to look up), bound in C.
             self.body_fn = functools.partial(self._run, 0)
+
+    def _apply_cap(self, K: Any) -> None:
+        """Set the memory cap, or refuse one too small to hold the runtime as built
+        (kernel, modules, the compiled handler, one runner) plus the RESERVE."""
+        lua = self.lua
+        lua.gccollect()
+        smallest = -(-(lua.get_memory_used() + RESERVE) // 1024) * 1024
+        if self.max_memory < smallest:
+            raise _config_error(
+                self.spec,
+                f"max_memory {self.spec.options.get('max_memory')!r} ({self.max_memory} bytes) is too small for "
+                f"this function's Lua runtime: the smallest cap that works is {smallest} bytes "
+                f"({smallest // 1024}KB)",
+                "max_memory",
+            )
+        lua.set_max_memory(self.max_memory)
+        self.host.cap = self.max_memory
+        K.set_memory_limit(lua.get_max_memory(total=True), RESERVE)
+
+    def _room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more (a body, a result) fit under the cap with SLACK to
+        spare: lupa pushes them outside Lua's error handling, so they must not meet it."""
+        if self.max_memory - self._used() >= nbytes + SLACK:
+            return True
+        self.lua.gccollect()
+        return self.max_memory - self._used() >= nbytes + SLACK
+
+    def _too_large(self, body: str | bytes) -> LuaHandlerError | None:
+        n = len(body)
+        if self.max_memory - self._used() >= (4 * n if type(body) is str else n) + SLACK:
+            return None  # the common case: no encoding, no collection
+        if type(body) is str:
+            n = len(body.encode("utf-8", "surrogatepass"))
+        if self._room(n):
+            return None
+        return LuaHandlerError(
+            f"body too large for the Lua memory cap: {n} bytes, and function {self.spec.id} has "
+            f"max_memory {self.max_memory} bytes ({self._used()} in use)"
+        )
 
     def __repr__(self) -> str:
         return f"<LuaHandler {self.spec.id} ({engine.LUA_VERSION if hasattr(engine, 'LUA_VERSION') else 'Lua'})>"
@@ -216,6 +268,9 @@ class LuaHandler:
         return pending
 
     def _run(self, token: int, body: str | bytes) -> Coroutine[Any, Any, None] | None:
+        too_large = self._too_large(body)
+        if too_large is not None:
+            raise too_large
         idle = self._idle
         slot = idle.pop() if idle else self._new_runner()
         try:
@@ -279,6 +334,9 @@ class LuaHandler:
         except BaseException:  # cancelled (stop timeout): this runner never resumes
             self._drop(slot)
             raise
+        if not self._room(sum(len(x) for x in result if type(x) is str) * 4):
+            self._drop(slot)  # (resuming would push the outcome past the cap)
+            return (DEAD, "not enough memory (no room left to resume the handler)")
         try:
             return self._resume(slot, *result)
         except LuaError as e:
@@ -303,7 +361,7 @@ class LuaHandler:
         except QueueNotFound:
             return (None, "Internal", "queue not found", "publish failed")
         except Exception as e:  # noqa: BLE001 - any broker failure becomes Lua's nil, err
-            return (None, "Internal", str(e), "publish failed")
+            return (None, "Internal", clip(e, SMALL // 4), "publish failed")
         return (True,)
 
     async def _settle(self, code: int, token: int, reason: str | None) -> tuple[Any, ...]:
@@ -316,7 +374,7 @@ class LuaHandler:
             else:
                 await d.nack(reason or "nacked by handler")
         except (AlreadySettled, MessageReleased) as e:
-            return (None, "Invalid", str(e), None)
+            return (None, "Invalid", clip(e, SMALL // 4), None)
         except Exception as e:  # noqa: BLE001 - any broker failure becomes Lua's nil, err
-            return (None, "Internal", str(e), "ack failed" if code == OP_ACK else "nack failed")
+            return (None, "Internal", clip(e, SMALL // 4), "ack failed" if code == OP_ACK else "nack failed")
         return (True,)

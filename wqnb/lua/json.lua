@@ -23,7 +23,8 @@ function json.decode(s)
   if s == "" then
     return nil, new_error("Invalid", "empty string is not valid JSON")
   end
-  local v, err = pycall(py_decode, s)
+  local v, err, boxed = pycall(py_decode, s)
+  if boxed then return boxed[1] end  -- a long string comes in a table (host.py: SMALL)
   if err ~= nil then
     return nil, new_error("Internal", err, "decode failed")
   end

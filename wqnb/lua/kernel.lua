@@ -217,16 +217,45 @@ end
 --- str (lupa raises inside the call, before the host sees it), and a host bug may raise;
 --- either way we get the exception as userdata. Return nil + a message instead of
 --- letting it reach handler code.
+---
+--- The memory cap. lupa turns Python values into Lua ones with unprotected API calls, so
+--- a memory error there escapes Lua's error handling (the process aborts or deadlocks).
+--- The host builds big values with the cap lifted (Host.build) and hands back only small
+--- strings directly: before each host call there must be `reserve` bytes free for them.
+--- A host value that cannot fit comes back as (NOMEM, what) and raises Lua's own error.
+local mem_limit, mem_reserve = 0, 0  -- lupa's limit in total bytes (0: none), headroom
+local gc = collectgarbage
+local NOMEM = "\0wqnb: not enough memory"
+
+function K.set_memory_limit(total, reserve)
+  mem_limit, mem_reserve = total, reserve
+end
+
+local function out_of_memory(what)
+  local ok, at = raw_pcall(handler_line)
+  raw_error((ok and at or "") .. "not enough memory (" .. what .. ")", 0)
+end
+
 function K.pycall(f, ...)
+  if mem_limit > 0 and gc("count") * 1024 + mem_reserve > mem_limit then
+    gc("collect")
+    if gc("count") * 1024 + mem_reserve > mem_limit then
+      out_of_memory("no room left for what a host call returns")
+    end
+  end
   local r = pack(raw_pcall(f, ...))
-  if r[1] then return unpack(r, 2, r.n) end
+  if r[1] then
+    if r[2] == NOMEM then out_of_memory(to_utf8(tostring(r[3]))) end
+    return unpack(r, 2, r.n)
+  end
   return nil, "host call failed: " .. to_utf8(tostring(r[2]))
 end
 
 -- ---------------------------------------------------------------------------------------
 -- The sandbox environment: Lua's safe base library, wrapped where it could escape the
--- budget or reach the host. No os, io, debug, package, dofile, loadfile, string.dump,
--- python; load() takes text only and defaults to the sandbox.
+-- budget or reach the host. No io, debug, package, dofile, loadfile, string.dump, python;
+-- of os only Wippy's safe subset, on the runtime's clock (wqnb/lua/os.lua); load() takes
+-- text only and defaults to the sandbox.
 string.dump = nil
 local string_mt = getmetatable("")
 string_mt.__metatable = false
@@ -433,9 +462,23 @@ end
 
 --- Compile and run the chunk, then find the handler: the function it returns, or
 --- `method` in the table it returns (or a global of that name). nil + message on failure.
-function K.load_handler(src, chunkname, method)
+local compiled
+
+--- Compile the chunk (Python measures the memory this takes before it sets the cap).
+function K.compile(src, chunkname)
   local fn, err = raw_load(src, "=" .. chunkname, "t", env)
   if not fn then return nil, err end
+  compiled = fn
+  return true
+end
+
+function K.load_handler(src, chunkname, method)
+  if src ~= nil then
+    local ok, err = K.compile(src, chunkname)
+    if not ok then return nil, err end
+  end
+  local fn = compiled
+  compiled = nil
   local r, rerr = run_top(fn)
   if not r then return nil, rerr end
   local ret = r[2]

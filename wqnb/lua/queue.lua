@@ -59,7 +59,8 @@ local methods = {}
 local MessageMT = {__index = methods, __metatable = "queue.Message"}
 
 MessageMT.__tostring = function(m)
-  local ok, id = pycall(py_msg, tokens[m], "id")
+  local ok, id, boxed = pycall(py_msg, tokens[m], "id")
+  if boxed then id = boxed[1] end
   if ok then return "queue.Message{id=" .. tostring(id) .. "}" end
   return "queue.Message{released}"
 end
@@ -73,8 +74,11 @@ local function token_of(m, method)
 end
 
 local function read(m, method, key)
-  local ok, value = pycall(py_msg, token_of(m, method), method, key)
-  if ok then return value end
+  local ok, value, boxed = pycall(py_msg, token_of(m, method), method, key)
+  if ok then
+    if boxed then return boxed[1] end  -- a long string comes in a table (host.py: SMALL)
+    return value
+  end
   return nil, new_error("Invalid", value or "queue.Message released")
 end
 

@@ -1,7 +1,8 @@
 """A real browser: Voila serves a notebook with the Explorer, Playwright drives Chromium.
 
 Moving the concurrency slider must reach the kernel, re-run the simulation and come back
-as a new summary table and a new figure. Uses Debian's Chromium (``/usr/bin/chromium``;
+as a new summary table and a new figure, drawn at twice its CSS size and unstretched;
+pressing a Replay's Play must move its frame. Uses Debian's Chromium (``/usr/bin/chromium``;
 never a browser download) and skips, saying why, only where Chromium is absent.
 """
 
@@ -68,7 +69,7 @@ def summary_value(page, label: str) -> str:
     return row.locator("td").first.inner_text()
 
 
-def test_moving_concurrency_changes_summary_and_figure(voila_url, chromium_executable, tmp_path):
+def test_moving_concurrency_changes_summary_and_figure_and_replay_plays(voila_url, chromium_executable, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     expect = sync_api.expect
     with sync_api.sync_playwright() as p:
@@ -102,6 +103,20 @@ def test_moving_concurrency_changes_summary_and_figure(voila_url, chromium_execu
                 "(before) => { const i = document.querySelector('.wqnb-figure');"
                 " return i && i.src && i.src !== before; }",
                 arg=src_before, timeout=30_000)
+            # crisp and unstretched: at least 2 image pixels per CSS pixel, the aspect kept
+            natural_w, natural_h, css_w, css_h = img.evaluate(
+                "i => [i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width,"
+                " i.getBoundingClientRect().height]")
+            assert natural_w >= 2 * css_w > 0
+            assert abs(natural_w / natural_h - css_w / css_h) < 0.02
+
+            # the Replay: pressing Play moves the frame (the diagram's time) on its own
+            frame = page.locator(".wqnb-replay-frame")
+            expect(frame).to_have_attribute("data-t", "0.000000", timeout=30_000)
+            page.locator(".wqnb-replay-widget .widget-play button").first.click()
+            page.wait_for_function(
+                "() => { const f = document.querySelector('.wqnb-replay-frame');"
+                " return f && parseFloat(f.dataset.t) > 0; }", timeout=30_000)
             page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
             if os.environ.get("WQNB_SCREENSHOT"):
                 page.screenshot(path=os.environ["WQNB_SCREENSHOT"], full_page=True)

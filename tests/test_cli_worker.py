@@ -188,8 +188,8 @@ def test_a_worker_stopped_after_draining_has_acked_everything(app):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--consumers", "nope"], "--consumers nope: is not a consumer of the app (the app has: "
-                              "app.queue:task_consumer, app.queue:other_consumer)"),
+    (["--consumers", "nope"], ("--consumers nope: is not a consumer of the app (the app has: "
+                               "app.queue:task_consumer, app.queue:other_consumer)")),
     (["--consumers", "a,,b"], "argument --consumers: expected ID,ID,... without empty names"),
     (["--checkpoint", "1"], "--checkpoint needs -o"),
     (["-o", "w.xlsx"], "-o w.xlsx: unknown timeline format '.xlsx'"),
@@ -238,3 +238,91 @@ def test_bad_merge_input_is_one_line_and_exit_2(app, capsys, argv, message):
     code = main("merge", *argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+# -- on RabbitMQ: two worker processes, one stopped gracefully mid-run ----------------------
+
+AMQP_APP = """\
+namespace: app.queue
+entries:
+  - {name: amqp_driver, kind: queue.driver.amqp, url: "%(url)s", lifecycle: {auto_start: true}}
+  - {name: tasks, kind: queue.queue, driver: app.queue:amqp_driver, queue_name: "%(queue)s"}
+  - name: task_consumer
+    kind: queue.consumer
+    queue: app.queue:tasks
+    func: app.queue:task_handler
+    concurrency: 2
+    prefetch: 3
+    lifecycle: {auto_start: true}
+"""
+SLOW = """\
+import asyncio
+
+async def ok(body):
+    await asyncio.sleep(0.05)  # the work (not a wait in the test): 2 x 2 workers, 80 messages/s
+"""
+
+
+def acked_in(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    df = Timeline.read(path).df
+    return set(df.loc[df["event"] == "ack", "msg_id"].astype(str))
+
+
+def wait_for(cond, what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline:g} s waiting for {what}")
+        time.sleep(0.02)  # polling a condition, with a deadline
+
+
+def test_two_workers_on_rabbitmq_one_stopped_gracefully_nothing_lost(app, amqp_url):
+    import uuid
+
+    (app / "app.yaml").write_text(AMQP_APP % {"url": amqp_url, "queue": f"wqnb_worker_{uuid.uuid4().hex}"})
+    (app / "workerhandlers.py").write_text(SLOW)
+    files = {n: app / f"{n}.parquet" for n in ("w1", "w2")}
+    procs = {n: start_worker(app, "--name", n, "-o", str(f), "--checkpoint", "0.05") for n, f in files.items()}
+    try:
+        for proc in procs.values():
+            wait_for_line(proc, "consuming")
+
+        async def publish() -> tuple[Timeline, list[str]]:
+            rt = wqnb.Runtime.from_yaml(app / "app.yaml")
+            rt.recorder.process = "pub"
+            await rt.start("app.queue:amqp_driver")
+            ids = [await rt.publish("app.queue:tasks", {"id": i}) for i in range(300)]  # faster than they are handled: a backlog
+            await rt.stop()
+            return rt.timeline, ids
+
+        pub, ids = asyncio.run(publish())
+        wait_for(lambda: len(acked_in(files["w1"])) >= 5, "w1 to ack 5 messages")
+        procs["w1"].send_signal(signal.SIGTERM)
+        out, err = procs["w1"].communicate(timeout=DEADLINE)
+        assert procs["w1"].returncode == 0, err
+        assert out.strip().splitlines()[-1].startswith("worker w1: ")
+        wait_for(lambda: acked_in(files["w1"]) | acked_in(files["w2"]) >= set(ids), "every message to be acked")
+        procs["w2"].send_signal(signal.SIGTERM)
+        assert procs["w2"].wait(timeout=DEADLINE) == 0
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    tl = Timeline.merge([pub, *files.values()])
+    m = tl.messages()
+    acked = m[m["outcome"] == "ack"]
+    assert sorted(acked["msg_id"].astype(str)) == sorted(ids)  # each acked exactly once
+    returned = set(m.loc[(m["process"] == "w1") & (m["outcome"] == "returned"), "msg_id"].astype(str))
+    again = m[m["redelivered"]]
+    # w1's buffer, released on stop (its running handlers finished), redelivered to w2; with
+    # the messages the driver had received for it but not yet handed to the consumer (no
+    # deliver row in w1), never more than its basic.qos = prefetch + concurrency
+    assert len(returned) >= 1
+    assert returned <= set(again["msg_id"].astype(str)) and len(again) <= 5
+    assert set(again["process"]) <= {"w2"} and (again["attempt"] == 1).all()
+    assert m["outcome"].notna().all()  # nothing left in hand anywhere
+    for name in ("w1", "w2"):
+        assert tl.gauges(f"app.queue:task_consumer@{name}")["unsettled"].max() <= 5  # prefetch + concurrency

@@ -330,8 +330,18 @@ def test_sleep_rejects_bad_durations(arg):
     assert "bad argument #1 to 'sleep'" in lua_nack(f"time.sleep({arg})")
 
 
-@pytest.mark.parametrize(("arg", "what"), [("0/0", "nan"), ("math.huge", "inf"), ("-math.huge", "-inf"),
-                                           ('"' + "9" * 400 + 'h"', "inf")])
+def test_durations_too_long_for_go_are_refused_with_their_text_cut_short():
+    """A string of 400 nines and an h is infinite; 2,562,048 hours is past Go's int64 of ns."""
+    text = lua_nack('time.sleep("' + "9" * 400 + 'h")')
+    assert text == ("task_handler.lua:6: bad argument #1 to 'sleep' (duration: must be a finite number of seconds, "
+                    "got '" + "9" * 39 + "..." + "9" * 8 + "h' (403 characters))")
+    lua_check('local d, err = time.parse_duration("2562048h")\n'
+              'assert(d == nil and tostring(err) == "duration: longer than Go\'s longest duration (about 292 years), '
+              'got \'2562048h\'", tostring(err))\n'
+              'assert(time.parse_duration("2562047h"):hours() == 2562047)')
+
+
+@pytest.mark.parametrize(("arg", "what"), [("0/0", "nan"), ("math.huge", "inf"), ("-math.huge", "-inf")])
 def test_sleep_refuses_non_finite_durations(arg, what):
     svc = FakeServices()
     text = lua_nack(f"time.sleep({arg})", services=svc)

@@ -396,6 +396,68 @@ def test_invalid_yaml_gives_line_and_column():
     assert "mapping values are not allowed here" in str(ei.value)
 
 
+def _alias_bomb(levels: int) -> str:
+    """1 KB of YAML whose ``concurrency`` expands to 10**(levels+1) strings."""
+    lines = ["namespace: t", 'a0: &a0 [' + ",".join(['"lol"'] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n" + consumer_yaml(concurrency=f"*a{levels}").split("\n", 1)[1]
+
+
+def test_a_yaml_alias_bomb_is_refused_at_load_in_a_short_text(tmp_path):
+    """Issue 14 point 10: `concurrency: *a6` made a 52 MB error text (the whole bomb ~5 GB)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(8))
+    assert len(path.read_text()) < 1500
+    with pytest.raises(wqnb.ConfigError) as ei:
+        wqnb.Runtime.from_yaml(path)
+    text = str(ei.value)
+    assert text == f"{path}: YAML aliases expand to more than 100,000 values (line 6): an alias bomb? wqnb refuses files that large"
+    # a few aliases, as real files use them, still load
+    small = "namespace: t\nx: &opts {concurrency: 2}\n" + consumer_yaml(concurrency="2").split("\n", 1)[1]
+    assert load(small).entries["t:c"].concurrency == 2
+
+
+def test_a_recursive_alias_is_refused_naming_the_file():
+    with pytest.raises(wqnb.ConfigError, match=r"^f.yaml: recursive YAML alias \(line 2\)"):
+        Registry().load_string("namespace: t\nentries: &a [*a]\n", name="f.yaml")
+
+
+def test_an_error_quoting_a_huge_value_is_cut_short():
+    with pytest.raises(wqnb.ConfigError) as ei:
+        load(consumer_yaml(concurrency="[" + ",".join(["12345"] * 50_000) + "]"))
+    text = str(ei.value)
+    assert text.startswith("<string>: entry t:c: field 'concurrency': concurrency must be an integer, got [12345, ")
+    assert text.endswith("... (350,036 characters)") and len(text) < 500
+
+
+@pytest.mark.parametrize("opener", ["[", "{a: "])
+def test_deeply_nested_yaml_is_a_config_error_naming_the_file(tmp_path, opener):
+    """Issue 14 point 17: 5,000 nested [ raised RecursionError ("internal error" in the CLI)."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("namespace: t\nentries: " + opener * 5000 + "\n")
+    with pytest.raises(wqnb.ConfigError, match="^" + re.escape(f"{path}: YAML nested too deeply to read")):
+        wqnb.Runtime.from_yaml(path)
+    path.write_text("namespace: t\nentries: " + "[" * 150 + "]" * 150 + "\n")  # readable, still refused
+    with pytest.raises(wqnb.ConfigError, match="^" + re.escape(f"{path}: YAML nested deeper than 100 levels")):
+        wqnb.Runtime.from_yaml(path)
+
+
+_HUGE = "'1" + "0" * 38 + "..." + "0" * 8  # how the error quotes "1<400 zeros>s" and "1<400 zeros>"
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ('"1' + "0" * 400 + 's"', f"requeue_delay: must be a finite number of seconds, got {_HUGE}s' (404 characters)"),
+    ('"1' + "0" * 400 + '"', f"requeue_delay: must be a finite number of seconds, got {_HUGE}0' (403 characters)"),
+    ('"2562048h"', "requeue_delay: longer than Go's longest duration (about 292 years), got '2562048h'"),
+    ("1.0e+300", "requeue_delay: longer than Go's longest duration (about 292 years), got 1e+300"),
+])
+def test_infinite_and_absurd_durations_are_refused_with_units_or_without(value, text):
+    """Issue 14 point 18: "1<400 zeros>s" was accepted (infinite seconds)."""
+    with pytest.raises(wqnb.ConfigError, match=where("t:c", "requeue_delay", text)):
+        load(consumer_yaml(requeue_delay=value))
+    assert load(consumer_yaml(requeue_delay='"2562047h"')).entries["t:c"].requeue_delay == 2562047 * 3600.0
+
+
 def test_from_yaml_path_errors_name_the_file(tmp_path):
     path = tmp_path / "app.yaml"
     path.write_text(consumer_yaml(concurrency=1001))

@@ -23,6 +23,9 @@ _UNITS = {
     "h": 3600.0,
 }
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+#: Go's longest duration (an int64 of nanoseconds, about 292 years): Wippy cannot read a
+#: longer one, and anything near it is a typo, not a timeout.
+MAX_SECONDS = (2**63 - 1) / 1e9
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:
@@ -46,18 +49,25 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos == len(text) and pos > 0:
-            return total
+            return _checked(total, value, what)  # "1<400 zeros>s" is inf
     raise ValueError(
-        f"{what}: invalid duration {value!r} (use '200ms', '1.5s', '1m30s' or seconds)"
+        f"{what}: invalid duration {_quote(value)} (use '200ms', '1.5s', '1m30s' or seconds)"
     )
 
 
 def _checked(seconds: float, value: object, what: str) -> float:
     if not math.isfinite(seconds):  # nan would sort nowhere on a timer heap; inf never ends
-        raise ValueError(f"{what}: must be a finite number of seconds, got {value!r}")
+        raise ValueError(f"{what}: must be a finite number of seconds, got {_quote(value)}")
     if seconds < 0:
         raise ValueError(f"{what}: must not be negative, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{what}: longer than Go's longest duration (about 292 years), got {_quote(value)}")
     return seconds
+
+
+def _quote(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-10:]} ({len(text)} characters)"
 
 
 def format_duration(seconds: float) -> str:

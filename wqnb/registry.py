@@ -25,6 +25,7 @@ import yaml
 from .durations import parse_duration
 from .errors import ConfigError, CycleError
 from .handlers.base import FunctionSpec
+from .yamlload import load_yaml
 
 __all__ = [
     "ConsumerEntry",
@@ -120,6 +121,8 @@ class _EntryReader:
         self.file = file
 
     def error(self, message: str, field_name: str | None = None) -> ConfigError:
+        if len(message) > 600:  # it quotes a value from the file: keep the text readable
+            message = f"{message[:400]}... ({len(message):,} characters)"
         return ConfigError(message, file=self.file, entry=self.id, field=field_name)
 
     def ref(self, key: str, required_text: str, raw: Any = None) -> str:
@@ -323,7 +326,7 @@ class Registry:
         skip_without_namespace: bool = False,
     ) -> Registry:
         try:
-            doc = yaml.safe_load(text)
+            doc = load_yaml(text, name=name)  # (alias bombs and deep nesting refused)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

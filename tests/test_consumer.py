@@ -521,7 +521,9 @@ def test_stop_returns_buffered_messages_to_the_head_in_order():
     assert list(returned["m"]) == [1, 2, 3, 4, 5]
     assert set(returned["t"]) == {0.5}
     assert returned["worker"].isna().all()
-    assert list(returned["buffered"]) == [0] * 5
+    # each row has the gauges after its own event: the buffer empties one message at a time
+    assert list(returned["buffered"]) == [4, 3, 2, 1, 0]
+    assert list(returned["unsettled"]) == [5, 4, 3, 2, 1]  # (m0 still running)
     assert list(returned["attempt"]) == [1] * 5  # never started: the next delivery is still the first
     assert list(returned["depth"]) == [5, 6, 7, 8, 9]
     acks = rows(df, "ack")

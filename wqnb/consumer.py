@@ -46,6 +46,18 @@ log = logging.getLogger("wqnb.consumer")
 #: On virtual time, nacks of one message at one instant before the run is declared stuck.
 SPIN_LIMIT = 1000
 
+#: On real time, the longest a worker runs handlers back to back before it lets the loop
+#: run (besides every 64 deliveries): handlers that never suspend (Lua, ``offload=False``)
+#: would otherwise hold the notebook, a ticker or the other consumers for whole batches.
+YIELD_AFTER = 0.005
+
+#: After stop cancels the handlers still running, how long it waits for them to unwind
+#: (an ``await`` in a ``finally``) before it requeues their messages anyway.
+UNWIND_TIMEOUT = 1.0
+
+#: A message nacked this many times gets a warning (logger ``wqnb.consumer``), and so on.
+POISON_MARKS = frozenset({10, 100, 1000, 10_000, 100_000, 1_000_000})
+
 
 class Consumer:
     """Runs one ``queue.consumer`` entry. The runtime creates, starts and stops it."""
@@ -78,6 +90,10 @@ class Consumer:
         self._virtual: VirtualTimeLoop | None = None
         self._starts = 0
         self._interrupted: list[tuple[int, int, Message]] = []
+        self._current: list[Message | None] = []  # the message each worker holds (stop's backstop)
+        self._abandoned: set[int] = set()  # workers whose message stop requeued without them
+        #: messages nacked and not yet acked or dead-lettered: id -> (attempt, last error)
+        self.cycling: dict[str, tuple[int, str]] = {}
         self._admit: Callable[[list[Message]], None] = _not_started
         self._on_ready: Callable[[], None] = _nothing  # the push callback (in-process queues)
 
@@ -105,6 +121,8 @@ class Consumer:
         self._top_up()
         if self._local is None:
             self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
+        self._current = [None] * self.concurrency
+        self._abandoned = set()
         self._workers = [
             loop.create_task(self._work(w), name=f"{self.id}:worker-{w}") for w in range(self.concurrency)
         ]
@@ -137,6 +155,7 @@ class Consumer:
         await self._flush_delayed()
         # 4. running handlers may finish within the stop timeout
         clean = True
+        self.unwound: list[int] = []
         pending = [w for w in self._workers if not w.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
@@ -144,16 +163,37 @@ class Consumer:
                 clean = False
                 for task in still:
                     task.cancel()
-                await asyncio.gather(*still, return_exceptions=True)
+                _, stuck = await asyncio.wait(still, timeout=UNWIND_TIMEOUT)
+                self._abandon(stuck)
                 # ahead of the buffered ones (handed back above): they were delivered first
                 interrupted, self._interrupted = sorted(self._interrupted), []
                 await self._requeue_head([m for _, _, m in interrupted], [w for _, w, _ in interrupted])
         await self._flush_delayed()
         self._workers = []
         self.running = False
+        close = getattr(self.handler, "close", None)
+        if close is not None:
+            close()
         self.host.settled()
         log.info("consumer stopped", extra={"consumer": self.id, "clean": clean})
         return clean
+
+    def _abandon(self, stuck: set[asyncio.Task[None]]) -> None:
+        """Handlers that did not unwind within ``UNWIND_TIMEOUT`` of their cancel: their
+        messages are requeued now (nothing lost, the stop ends), and the workers, when they
+        do unwind, leave them alone. ``self.unwound`` names them for the stop's error."""
+        for task in stuck:
+            w = self._workers.index(task)
+            msg = self._current[w]
+            self._abandoned.add(w)
+            self.unwound.append(w)
+            log.warning("handler did not unwind after its cancel", extra={"consumer": self.id, "worker": w})
+            if msg is None:
+                continue
+            self._current[w] = None
+            self.busy -= 1
+            self.unsettled -= 1
+            self._interrupted.append((self._starts + 1 + w, w, msg.next_attempt() if self._local else msg))
 
     # -- intake ---------------------------------------------------------------------------
     def _make_admit(self) -> Callable[[list[Message]], None]:
@@ -270,12 +310,16 @@ class Consumer:
         idle = self._idle
         top_up, on_ready = self._top_up, self._on_ready
         notify = self._local.notify if self._local is not None else None
+        current, abandoned = self._current, self._abandoned
+        yield_after = float("inf") if self._virtual else YIELD_AFTER
+        last_yield = now()
         me = asyncio.current_task()
         assert me is not None
         while True:
             if not buffer:
                 if self._closing:
                     return
+                current[w] = None
                 fut = loop.create_future()
                 idle.append(fut)
                 await fut
@@ -283,10 +327,12 @@ class Consumer:
             if self._closing:
                 return
             msg = buffer.popleft()
+            current[w] = msg
             self.busy += 1
             self._starts += 1
             started = self._starts
-            write(start_pk(now(), msg.seq, msg.attempt, len(ready), len(buffer), self.busy, self.unsettled))
+            t = now()
+            write(start_pk(t, msg.seq, msg.attempt, len(ready), len(buffer), self.busy, self.unsettled))
             if not self._watching:  # take what fits, or ask to hear when the queue has more
                 if not local:
                     top_up()
@@ -313,6 +359,10 @@ class Consumer:
                 if not me.cancelling():  # the handler raised it itself: a failure like any other
                     await self._failed(msg, d, w, exc)
                     continue
+                if w in abandoned:  # stop gave up waiting and requeued the message itself
+                    if d is not None:
+                        d.released = True
+                    raise
                 # stop() cancelled this worker: the handler was interrupted. stop() requeues
                 # the interrupted messages at the head together, in the order they started.
                 self.busy -= 1
@@ -322,13 +372,16 @@ class Consumer:
                         raise
                     d.settled = "interrupted"
                 self.unsettled -= 1
-                if local:
-                    msg.attempt += 1  # (a broker counts only nacks: it marks the release redelivered)
-                self._interrupted.append((started, w, msg))
+                # the next delivery; a broker counts only nacks (it marks the release redelivered)
+                self._interrupted.append((started, w, msg.next_attempt() if local else msg))
                 raise
-            except Exception as exc:  # noqa: BLE001 - any handler failure is a nack
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - any handler failure is a nack
+                if abandoned and w in abandoned:
+                    return
                 await self._failed(msg, d, w, exc)
             else:
+                if abandoned and w in abandoned:  # it swallowed its cancel: stop requeued the message
+                    return
                 self.busy -= 1
                 done = None
                 if d is not None:
@@ -343,13 +396,18 @@ class Consumer:
                                      self.unsettled))
                         if not self.unsettled and draining():
                             settled()
+                        if self.cycling:
+                            self.cycling.pop(msg.id, None)
                     else:
                         await self._ack_msg(msg, w)
-            if not started & 63:
+            if not started & 63 or t - last_yield > yield_after:
                 # Let others run now and then, even if no handler ever suspends: a worker
-                # must not starve the notebook, other consumers or the publisher. (Here, with
-                # no message in hand, a cancellation loses nothing.)
+                # must not starve the notebook, other consumers or the publisher: every 64
+                # deliveries, and on real time once YIELD_AFTER has passed. (Here, with no
+                # message in hand, a cancellation loses nothing.)
+                current[w] = None
                 await asyncio.sleep(0)
+                last_yield = now()
 
     async def _failed(self, msg: Message, d: Delivery | None, worker: int, exc: BaseException) -> None:
         """The handler raised: nack, unless it settled the delivery itself first."""
@@ -390,6 +448,8 @@ class Consumer:
             await route.driver.ack(route.queue_id, [msg])
         self._rec.event(EV_ACK, self._now(), route.qi, self._ci, worker, msg.seq, msg.attempt,
                         route.depth(), len(self.buffer), self.busy, self.unsettled)
+        if self.cycling:
+            self.cycling.pop(msg.id, None)
         if self.unsettled == 0:
             self.host.settled()
 
@@ -412,16 +472,31 @@ class Consumer:
             msg.spins = 0
         dl = route.dead_letter
         if dl is not None and route.max_attempts is not None and msg.attempt >= route.max_attempts:
+            self.cycling.pop(msg.id, None)
             await self._dead_letter(msg, error, worker)
-        elif self.entry.requeue_delay > 0 and not self._closing:
-            msg.attempt += 1
-            self._delayed[msg] = asyncio.get_running_loop().call_later(
-                self.entry.requeue_delay, self._land_delayed, msg)
         else:
-            msg.attempt += 1
-            await self._requeue_tail([msg], worker)
+            self._note_cycling(msg, error)
+            again = msg.next_attempt()  # a copy: the handler keeps the view of its own delivery
+            if self.entry.requeue_delay > 0 and not self._closing:
+                self._delayed[again] = asyncio.get_running_loop().call_later(
+                    self.entry.requeue_delay, self._land_delayed, again)
+            else:
+                await self._requeue_tail([again], worker)
         if self.unsettled == 0:
             self.host.settled()
+
+    def _note_cycling(self, msg: Message, error: str) -> None:
+        """A message goes round again: remember it (``drain`` names those still cycling)
+        and warn once its deliveries reach 10, 100, 1000… (Wippy sets no limit, and a
+        poison message would otherwise loop forever unseen)."""
+        self.cycling[msg.id] = (msg.attempt, error)
+        if msg.attempt in POISON_MARKS:
+            log.warning(
+                "message %s on %s has failed %d times (last error: %s); give the queue a dead_letter "
+                "or the consumer a requeue_delay", msg.id, self.route.queue_id, msg.attempt, error,
+                extra={"consumer": self.id, "queue": self.route.queue_id, "msg_id": msg.id,
+                       "attempts": msg.attempt, "error": error},
+            )
 
     async def _dead_letter(self, msg: Message, error: str, worker: int) -> None:
         """Store a copy in the dead-letter queue (attempt 1, with the four ``x_*`` headers
@@ -445,14 +520,18 @@ class Consumer:
         if self._local is None:
             await route.driver.ack(route.queue_id, [msg])
 
-    def _record_requeues(self, messages: list[Message], workers: list[int]) -> None:
+    def _record_requeues(self, messages: list[Message], workers: list[int], *, from_buffer: bool = False) -> None:
+        """One ``requeue`` row each, with the gauges after its own event: the depth grows
+        by one a row, and messages handed back from the buffer leave it one by one."""
         route, rec = self.route, self._rec
         now = self._now()
         depth = route.depth()
-        for m, w in zip(messages, workers, strict=True):
+        n = len(messages)
+        for i, (m, w) in enumerate(zip(messages, workers, strict=True)):
             depth += 1
-            rec.requeue(now, route.qi, self._ci, w, m.seq, m.attempt, depth, len(self.buffer), self.busy,
-                        self.unsettled)
+            left = n - i - 1 if from_buffer else 0  # still to hand back after this one
+            rec.requeue(now, route.qi, self._ci, w, m.seq, m.attempt, depth, len(self.buffer) + left, self.busy,
+                        self.unsettled + left)
 
     async def _requeue_tail(self, messages: list[Message], worker: int = -1) -> None:
         """A nack: recorded, then back at the tail (a requeue may wake a consumer that
@@ -464,11 +543,11 @@ class Consumer:
         else:
             await route.driver.nack(route.queue_id, messages)
 
-    async def _requeue_head(self, messages: list[Message], workers: list[int]) -> None:
+    async def _requeue_head(self, messages: list[Message], workers: list[int], *, from_buffer: bool = False) -> None:
         """A stop: recorded, then back at the head in order (a broker's ``release``)."""
         if not messages:
             return
-        self._record_requeues(messages, workers)
+        self._record_requeues(messages, workers, from_buffer=from_buffer)
         route = self.route
         if self._local is not None:
             self._local.requeue(messages, front=True)
@@ -510,7 +589,7 @@ class Consumer:
         messages = list(self.buffer)
         self.buffer.clear()
         self.unsettled -= len(messages)
-        await self._requeue_head(messages, [-1] * len(messages))
+        await self._requeue_head(messages, [-1] * len(messages), from_buffer=True)
 
     # -- gauges ---------------------------------------------------------------------------------
     @property
@@ -546,5 +625,8 @@ def _driver_key(kind: str) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        code = "" if exc.code is None else repr(exc.code)
+        return f"handler called sys.exit({code}): a handler cannot stop the process"
     text = str(exc)
     return text if text else type(exc).__name__

@@ -94,12 +94,19 @@ class HandlerError(WqnbError):
 class StopTimeout(WqnbError, TimeoutError):
     """Handlers were still running when ``stop_timeout`` ran out; they were requeued."""
 
-    def __init__(self, consumers: list[str], timeouts: list[float]) -> None:
+    def __init__(self, consumers: list[str], timeouts: list[float],
+                 unwound: dict[str, list[int]] | None = None) -> None:
         self.consumers = consumers
+        #: consumer -> workers whose handler had not unwound a while after its cancel
+        self.unwound = {c: w for c, w in (unwound or {}).items() if w}
         parts = [f"{c} (stop_timeout {t:g}s)" for c, t in zip(consumers, timeouts, strict=True)]
+        stuck = "".join(
+            f"; {c} worker{'s' if len(w) > 1 else ''} {', '.join(map(str, w))} did not unwind after the cancel"
+            for c, w in self.unwound.items()
+        )
         super().__init__(
             "consumer stop timed out: " + ", ".join(parts)
-            + "; the interrupted messages were requeued at the head of their queues"
+            + "; the interrupted messages were requeued at the head of their queues" + stuck
         )
 
 

@@ -32,6 +32,8 @@ def encode_body(body: Any) -> str | bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
+_MISSING = object()
+
 _LAST_TWO = tuple(f"{i:02x}" for i in range(256))
 
 
@@ -121,6 +123,20 @@ class Message:
     @headers.setter
     def headers(self, value: dict[str, Any]) -> None:
         self._headers = value
+
+    def next_attempt(self) -> Message:
+        """The copy a nack (or an interrupted handler) puts back: same id, body and
+        headers (a copy of the dict), ``attempt + 1``. The handler that held this one
+        keeps its own view (Wippy's clone-on-nack); a broker driver finds the original's
+        receipt on the copy, to settle the original."""
+        h = self._headers
+        c = Message(self._id, self.seq, self.body, dict(h) if h is not None else None, self.attempt + 1,
+                    self._prefix, self._ts)
+        for slot in ("receipt", "redelivered", "nacked_at", "spins"):
+            v = getattr(self, slot, _MISSING)
+            if v is not _MISSING:
+                setattr(c, slot, v)
+        return c
 
     def __repr__(self) -> str:
         return f"Message(id={self.id!r}, attempt={self.attempt}, body={self.body!r:.60})"

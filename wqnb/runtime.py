@@ -78,6 +78,7 @@ class Runtime:
         self._unix_shift = 0.0
         self._virtual = False
         self.state = "created"
+        self._stopping: asyncio.Future[None] | None = None
         self._host = ConsumerHost(
             recorder=self.recorder, settled=self._notify_settled, draining=self._draining,
             unix_time=self.unix_time, intern=self._intern,
@@ -161,8 +162,11 @@ class Runtime:
         naming the consumer and the field, before anything runs.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop and self.state == "running":
+        if self._loop is not None and self._loop is not loop and self.state in ("running", "stopping"):
             raise RuntimeStateError("this runtime is running on another event loop")
+        if self.state == "stopping" and self._stopping is not None:
+            # start() during stop(): let the stop finish (nothing is lost), then start again
+            await asyncio.shield(self._stopping)
         self._bind(loop)
         order = self.registry.start_order()
         wanted = set(entry_ids) if entry_ids else None
@@ -224,7 +228,7 @@ class Runtime:
             return not virtual and (asked is None or asked)
 
         if fn is not None:
-            return python_handler(fn, offload=offload(self._offload.get(c.func)))
+            return python_handler(fn, offload=offload(self._offload.get(c.func)), threads=c.concurrency, name=c.id)
         spec = self.registry.entries.get(c.func)
         if not isinstance(spec, FunctionSpec):
             raise ConfigError(
@@ -233,7 +237,8 @@ class Runtime:
                 file=c.file, entry=c.id, field="func",
             )
         if spec.kind == "function.python":
-            return python_handler(import_callable(spec), offload=offload(spec.options.get("offload")))
+            return python_handler(import_callable(spec), offload=offload(spec.options.get("offload")),
+                                  threads=c.concurrency, name=c.id)
         try:
             from .handlers.lua import load_lua_function
         except ImportError as e:
@@ -256,19 +261,29 @@ class Runtime:
         Raises :class:`~wqnb.errors.StopTimeout` naming the consumers whose handlers
         were still running after their ``stop_timeout`` (their messages were requeued).
         """
+        if self.state == "stopping" and self._stopping is not None:
+            await asyncio.shield(self._stopping)  # a second stop() waits for the first
+            return
         if self.state != "running":
             return
-        consumers = [self.consumers[e] for e in reversed(self._started) if e in self.consumers]
-        results = await asyncio.gather(*(c.stop() for c in consumers))
-        for eid in reversed(self._started):
-            if eid in self.drivers:
-                await self.drivers[eid].stop()
-        self._started = []
-        self.state = "stopped"
+        self.state = "stopping"
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            consumers = [self.consumers[e] for e in reversed(self._started) if e in self.consumers]
+            results = await asyncio.gather(*(c.stop() for c in consumers))
+            for eid in reversed(self._started):
+                if eid in self.drivers:
+                    await self.drivers[eid].stop()
+            self._started = []
+        finally:
+            self.state = "stopped"
+            self._stopping.set_result(None)
+            self._stopping = None
         self._notify_settled()
         timed_out = [c for c, clean in zip(consumers, results, strict=True) if not clean]
         if timed_out:
-            raise StopTimeout([c.id for c in timed_out], [c.entry.lifecycle.stop_timeout for c in timed_out])
+            raise StopTimeout([c.id for c in timed_out], [c.entry.lifecycle.stop_timeout for c in timed_out],
+                              {c.id: list(getattr(c, "unwound", [])) for c in timed_out})
 
     async def __aenter__(self) -> Runtime:
         await self.start()
@@ -347,8 +362,12 @@ class Runtime:
             now = self._now()
         elif not local.put(msg):
             self.recorder.publish_wait(now, route.qi, msg.seq, len(route.ready))
-            while not local.put(msg):
-                await local.wait_room()
+            try:
+                while not local.put(msg):
+                    await local.wait_room()
+            except asyncio.CancelledError:
+                self.recorder.publish_cancelled(self._now(), route.qi, msg.seq, len(route.ready))
+                raise
             now = self._now()
         # recorded before anyone is woken, so the message's story starts with its publish
         self._w(route.publish_pk(now, msg.seq, 1, len(route.ready), -1, -1, -1))
@@ -415,6 +434,30 @@ class Runtime:
         Raises ``TimeoutError`` after ``timeout`` seconds.
         """
         loop = asyncio.get_running_loop()
+        try:
+            await self._drain(loop, timeout)
+        except TimeoutError:
+            raise TimeoutError(self._drain_timeout_text(timeout)) from None
+
+    def _drain_timeout_text(self, timeout: float | None) -> str:
+        """What ``drain`` was still waiting for: unsettled counts, and the messages that go
+        round and round (a poison message without dead_letter), with attempts and errors."""
+        parts = []
+        for c in self.consumers.values():
+            if not c.running:
+                continue
+            if c.unsettled or c.route.depth():
+                parts.append(f"{c.id}: {c.route.depth()} ready in {c.route.queue_id}, {c.unsettled} unsettled")
+            cycling = sorted(c.cycling.items(), key=lambda kv: -kv[1][0])
+            if cycling:
+                shown = "; ".join(f"{mid} (attempt {a}, last error: {e})" for mid, (a, e) in cycling[:5])
+                more = f" and {len(cycling) - 5} more" if len(cycling) > 5 else ""
+                parts.append(f"{c.id}: messages still cycling: {shown}{more}")
+        detail = ". ".join(parts) if parts else "the broker still reports messages"
+        return (f"drain timed out after {timeout:g} s: {detail}. A handler that always fails cycles forever "
+                "unless the queue has a dead_letter (or the consumer a requeue_delay)")
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         async with asyncio.timeout(timeout):
             while True:
                 while not self._drained():

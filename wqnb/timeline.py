@@ -48,9 +48,11 @@ __all__ = [
     "EV_NACK",
     "EV_REQUEUE",
     "EV_DEAD_LETTER",
+    "EV_PUBLISH_CANCELLED",
 ]
 
-EVENTS = ("publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue", "dead_letter")
+EVENTS = ("publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue", "dead_letter",
+          "publish_cancelled")
 (
     EV_PUBLISH,
     EV_PUBLISH_WAIT,
@@ -60,6 +62,7 @@ EVENTS = ("publish", "publish_wait", "deliver", "start", "ack", "nack", "requeue
     EV_NACK,
     EV_REQUEUE,
     EV_DEAD_LETTER,
+    EV_PUBLISH_CANCELLED,  # a publish that waited on a full queue and was cancelled: never stored
 ) = range(len(EVENTS))
 
 ROW_DTYPE = np.dtype(
@@ -192,6 +195,11 @@ class Recorder:
     def publish_wait(self, t: float, queue: int, seq: int, depth: int) -> None:
         """A publisher found the queue full and waits."""
         self.event(EV_PUBLISH_WAIT, t, queue, -1, -1, seq, 1, depth)
+
+    def publish_cancelled(self, t: float, queue: int, seq: int, depth: int) -> None:
+        """A waiting publish was cancelled (``simulate(until=)``, a cancelled task): the
+        message never entered the queue, and its story ends here."""
+        self.event(EV_PUBLISH_CANCELLED, t, queue, -1, -1, seq, 1, depth)
 
     def nack(self, t: float, queue: int, consumer: int, worker: int, seq: int, attempt: int, error: str,
              depth: int, buffered: int, busy: int, unsettled: int) -> None:

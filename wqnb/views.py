@@ -151,7 +151,12 @@ def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) 
 
 #: The summary's counts: shown as integers.
 COUNT_KEYS = frozenset({"published", "delivered", "acked", "nacked", "requeued", "dead_lettered",
-                        "max_depth", "max_buffered", "max_busy", "max_unsettled", "publish_waits"})
+                        "max_depth", "max_buffered", "max_busy", "max_unsettled", "publish_waits",
+                        "poison_messages"})
+
+#: A message delivered more often than this counts in ``summary()["poison_messages"]``
+#: (the consumer warns at 10, 100, 1000… deliveries: see wqnb.consumer.POISON_MARKS).
+POISON_ATTEMPTS = 10
 
 
 def format_seconds(v: float) -> str:
@@ -264,6 +269,8 @@ def summary(tl: Timeline) -> Summary:
             "max_unsettled": int(g["unsettled"].max()) if g["unsettled"].notna().any() else 0,
             "publish_waits": n["publish_wait"],
             "publish_wait_total_s": publish_wait_total,
+            # messages delivered more than POISON_ATTEMPTS times (a handler that keeps failing)
+            "poison_messages": int(df.loc[(ev == "deliver") & (df["attempt"] > POISON_ATTEMPTS), "msg_id"].nunique()),
         },
         name="summary", dtype=float,
     )

@@ -7,17 +7,25 @@
   or the other workers; on virtual time it runs inline (threads would make a run
   non-deterministic, and virtual time models waiting with ``await asyncio.sleep``).
   ``offload=False`` runs a cheap sync function inline on real time too.
+* Each consumer running sync handlers in threads has a pool of its own, of
+  ``concurrency`` threads (asyncio's shared default pool has ``min(32, cpus + 4)``: at
+  concurrency 40 only 6 would run while ``busy`` said 40, and one consumer's blocked
+  handlers would starve every other consumer's). So ``busy`` is the truth.
+* ``sys.exit()`` (or ``KeyboardInterrupt``) raised by a handler is a handler failure: a
+  nack with the text recorded, not the end of the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HandlerError
 from ..message import Delivery
 from .base import FunctionSpec, Handler
 
@@ -38,8 +46,29 @@ def _wants_message(fn: Callable[..., Any]) -> bool:
     )
 
 
-def python_handler(fn: Callable[..., Any], *, offload: bool) -> Handler:
-    """Adapt ``fn`` to the handler contract (``await handler(delivery)``)."""
+def _exit_as_failure(exc: BaseException) -> HandlerError:
+    if isinstance(exc, SystemExit):
+        what = f"sys.exit({'' if exc.code is None else repr(exc.code)})"
+    else:
+        what = f"raised {type(exc).__name__}"
+    return HandlerError(f"handler called {what}: a handler cannot stop the process")
+
+
+def _call_guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, with a ``SystemExit``/``KeyboardInterrupt`` it raises turned into a
+    :class:`HandlerError` (in a worker thread it would otherwise end the event loop when
+    the future is awaited)."""
+    try:
+        return fn(*args)
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise _exit_as_failure(e) from None
+
+
+def python_handler(fn: Callable[..., Any], *, offload: bool, threads: int = 1, name: str = "") -> Handler:
+    """Adapt ``fn`` to the handler contract (``await handler(delivery)``).
+
+    ``threads``: the size of the pool a sync ``fn`` runs in when offloaded (the consumer's
+    ``concurrency``); the pool is made on first use and shut down with the handler."""
     if not callable(fn):
         raise TypeError(f"handler must be callable, got {fn!r}")
     wants = _wants_message(fn)
@@ -54,16 +83,32 @@ def python_handler(fn: Callable[..., Any], *, offload: bool) -> Handler:
         return handle
 
     if offload:
+        pool: list[concurrent.futures.ThreadPoolExecutor] = []
+
         async def handle_in_thread(d: Delivery) -> None:
+            if not pool:
+                pool.append(concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(1, threads), thread_name_prefix=f"wqnb-{name or 'handler'}"))
+                weakref.finalize(handle_in_thread, pool[0].shutdown, wait=False)
             loop = asyncio.get_running_loop()
             args = (d.message.body, d) if wants else (d.message.body,)
-            result = await loop.run_in_executor(None, fn, *args)
+            result = await loop.run_in_executor(pool[0], _call_guarded, fn, *args)
             if inspect.isawaitable(result):
                 await result
+
+        def close() -> None:
+            """Let the pool's threads go once their handlers return (consumer stop)."""
+            if pool:
+                pool.pop().shutdown(wait=False)
+        handle_in_thread.close = close  # type: ignore[attr-defined]
+        handle_in_thread.threads = threads  # type: ignore[attr-defined]
         return handle_in_thread
 
     async def handle_inline(d: Delivery) -> None:
-        result = fn(d.message.body, d) if wants else fn(d.message.body)
+        try:
+            result = fn(d.message.body, d) if wants else fn(d.message.body)
+        except (SystemExit, KeyboardInterrupt) as e:
+            raise _exit_as_failure(e) from None
         if inspect.isawaitable(result):
             await result
     return handle_inline

@@ -43,3 +43,20 @@ def test_attempt_counts_past_16_bits_are_recorded():
     df = tl.df
     assert int(df["attempt"].max()) == 40_000
     assert list(df["event"].astype(str).tail(1)) == ["ack"]
+
+
+@pytest.mark.timeout(60)  # (before the fix this run never returned)
+@pytest.mark.parametrize("service_time", [0.2, 0.05, wqnb.Uniform(0.06, 0.3)])
+def test_a_service_time_never_shorter_than_the_timeout_is_refused_like_failure_rate_one(service_time):
+    """Issue 14 point 9: every delivery times out and is requeued forever."""
+    with pytest.raises(ValueError, match=r"^service_time 0\.\d+s is never shorter than timeout 0\.05s: every "
+                                         r"delivery would time out and be requeued forever \(set max_attempts"):
+        wqnb.simulate(service_time=service_time, timeout=0.05, messages=5)
+
+
+@pytest.mark.timeout(60)
+def test_a_timeout_some_deliveries_beat_or_with_max_attempts_still_runs():
+    tl = wqnb.simulate(service_time=0.2, timeout=0.05, messages=5, max_attempts=2)
+    assert tl.summary()["dead_lettered"] == 5
+    tl = wqnb.simulate(service_time=wqnb.Exponential(0.1), timeout=0.05, messages=5, seed=2)
+    assert tl.summary()["acked"] == 5

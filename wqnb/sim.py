@@ -143,6 +143,15 @@ def sampler(dist: Distribution, rng: random.Random) -> Callable[[], float]:
     return functools.partial(dist.sample, rng)
 
 
+def _shortest(dist: Distribution) -> float:
+    """The least a draw of ``dist`` can be (0 when unknown or unbounded below)."""
+    if type(dist) is Constant:
+        return dist.value
+    if type(dist) is Uniform:
+        return dist.low
+    return 0.0
+
+
 def as_distribution(value: float | Distribution, what: str) -> Distribution:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         _check_seconds(what, value)
@@ -235,6 +244,11 @@ def simulate(
                               or not 0 <= until < math.inf):
         raise ValueError(f"until must be a finite number of virtual seconds ≥ 0, got {until!r}")
     service = as_distribution(service_time, "service_time")
+    if app is None and timeout and not max_attempts and _shortest(service) >= timeout:
+        raise ValueError(
+            f"service_time {_shortest(service):g}s is never shorter than timeout {timeout:g}s: every delivery "
+            "would time out and be requeued forever (set max_attempts, or a timeout above the service time)"
+        )
     params = dict(concurrency=concurrency, prefetch=prefetch, messages=messages, arrival_rate=arrival_rate,
                   service_time=service, failure_rate=failure_rate, max_length=max_length, seed=seed,
                   max_attempts=max_attempts, requeue_delay=requeue_delay, timeout=timeout)

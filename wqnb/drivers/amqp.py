@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,7 @@ class AmqpDriver(Driver):
         self._attempts: collections.OrderedDict[str, int] = collections.OrderedDict()
         ttl = self.config.default_message_ttl
         self._default_expiration = None if ttl is None else int(round(ttl * 1000))
+        self._depth_listeners: list[Callable[[], None]] = []
         #: Counters a test or a notebook can read.
         self.stats = collections.Counter[str]()
 
@@ -399,6 +400,9 @@ class AmqpDriver(Driver):
         while frames:
             await self._wait_connected(deadline, where)
             ch = self._pub
+            # Counted when sent, taken back when not confirmed: the cached depth then errs
+            # low, never high, when a confirm lands after a passive declare's answer.
+            state.delta += len(frames)
             results = await asyncio.gather(
                 *(ch.basic_publish(body, routing_key=state.name, properties=props, mandatory=True)
                   for _, body, props in frames),
@@ -407,8 +411,8 @@ class AmqpDriver(Driver):
             retry, refused, lost, unroutable = [], 0, 0, 0
             for frame, r in zip(frames, results, strict=True):
                 if isinstance(r, Basic.Ack):
-                    state.delta += 1
                     continue
+                state.delta -= 1
                 if isinstance(r, aiormq.exceptions.DeliveryError) and not isinstance(
                         r, aiormq.exceptions.PublishError):
                     refused += 1  # basic.nack: reject-publish, the queue is full
@@ -775,6 +779,7 @@ class AmqpDriver(Driver):
                            requeue=None)
         await self._settle(sub, [m.receipt.delivery.delivery_tag for m in back if self._live(sub, m)],
                            requeue=True)
+        state.delta += len(back)
 
     def _remember_attempt(self, m: Message) -> None:
         a = self._attempts
@@ -794,8 +799,19 @@ class AmqpDriver(Driver):
             return
         await self._settle(sub, [m.receipt.delivery.delivery_tag for m in live], requeue=True)
         self._state(queue_id).delta += len(live)
+        try:  # a round trip on that channel: returns once the broker processed the nacks
+            await sub.raw.basic_qos(prefetch_count=sub.qos)
+        except _LOST:
+            pass
 
     # -- reading ------------------------------------------------------------------------
+    def on_depth_drop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever a refresh lowers a cached depth. The cache can
+        over-report for up to one refresh (a confirm that arrives after the broker
+        answered the passive declare); a ``drain()`` waiting on ``depth() == 0`` needs
+        to hear when the figure catches up, since no consumer event follows."""
+        self._depth_listeners.append(callback)
+
     def depth(self, queue_id: str) -> int:
         state = self._queues.get(queue_id)
         if state is None:
@@ -828,11 +844,15 @@ class AmqpDriver(Driver):
                 except Exception as e:  # keep refreshing; say why this one failed
                     log.warning("%s: depth of %s: %s", self.id, state.spec.id, _reason(e, self.config.url))
                     continue
+                before = self.depth(state.spec.id)
                 state.ready = ok.message_count
                 state.delta -= delta_before
                 cap = state.spec.max_length
                 if state.full and (cap is None or state.ready < cap):
                     state.full = False
+                if self.depth(state.spec.id) < before:
+                    for callback in self._depth_listeners:
+                        callback()
 
     async def info(self, queue_id: str) -> dict[str, Any]:
         """``message_count``/``ready`` (the broker's ready count), ``consumers`` (the

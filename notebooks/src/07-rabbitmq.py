@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -406,10 +407,11 @@ print(f"Unacked before the kill: max {unacked[grid < t_kill].max():.0f}; after i
 # ## Clean up
 #
 # The publisher stops, and so does the broker this notebook started (a broker named by
-# `WQNB_AMQP_URL` is left running).
+# `WQNB_AMQP_URL` is left running); the temporary folder goes.
 
 # %%
 await pub.stop()
 if broker is not None:
     broker.stop()
+shutil.rmtree(app_dir, ignore_errors=True)
 print("stopped")

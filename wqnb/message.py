@@ -24,12 +24,24 @@ __all__ = ["Delivery", "Message", "IdSource", "encode_body"]
 
 
 def encode_body(body: Any) -> str | bytes:
-    """``str`` and ``bytes`` travel unchanged; any other body is JSON-encoded once."""
+    """``str`` and ``bytes`` travel unchanged; any other body is JSON-encoded once.
+
+    NaN and infinities are refused (``ValueError``): Python's json would write ``NaN``,
+    which is not JSON, and every JSON reader downstream (Lua's ``json.decode``, Go's)
+    would fail on the message instead of the publisher getting the error."""
     if isinstance(body, (str, bytes)):
         return body
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        if "not JSON compliant" not in str(e):
+            raise
+        raise ValueError(
+            "message body holds NaN or Infinity, which JSON cannot express: publish None (null), "
+            "a string, or a finite number instead"
+        ) from None
 
 
 _MISSING = object()

@@ -596,7 +596,12 @@ class SyncRuntime:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="wqnb-runtime", daemon=True)
             self._thread.start()
-        self._call(self.runtime.start())
+        try:
+            self._call(self.runtime.start())
+        except BaseException:
+            # (a failed start, e.g. an unregistered function, must not leave the thread behind)
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -608,6 +613,7 @@ class SyncRuntime:
             self._loop.call_soon_threadsafe(self._loop.stop)
             assert self._thread is not None
             self._thread.join()
+            self._thread = None
             self._loop.close()
             self._loop = None
 

@@ -648,3 +648,63 @@ def test_auto_ack_buffer_is_bounded_without_losing_order(amqp_url: str) -> None:
         assert (await d.info(q))["ready"] == 0
 
     with_broker(amqp_url, body)
+
+
+def test_runtime_on_rabbitmq_retries_dead_letters_and_drains(amqp_url: str) -> None:
+    """The whole path through the runtime: publish, consume, nack → copy with attempt + 1,
+    dead letter after max_attempts (confirmed publish to the DLQ, then ack), drain()."""
+    import wqnb
+
+    suffix = uuid.uuid4().hex[:8]
+    yaml_text = textwrap.dedent(f"""\
+        namespace: app
+        entries:
+          - {{name: rmq, kind: queue.driver.amqp, url: "{amqp_url}", lifecycle: {{auto_start: true}}}}
+          - name: tasks
+            kind: queue.queue
+            driver: rmq
+            queue_name: wqnb-test-tasks-{suffix}
+            dead_letter: {{queue: dead, max_attempts: 2}}
+          - {{name: dead, kind: queue.queue, driver: rmq, queue_name: wqnb-test-dead-{suffix}}}
+          - name: worker
+            kind: queue.consumer
+            queue: tasks
+            func: handler
+            concurrency: 2
+            prefetch: 5
+            lifecycle: {{auto_start: true}}
+        """)
+    calls: list[tuple[str, int]] = []
+
+    def handler(body: str, message: Any) -> None:
+        calls.append((body, message.attempt))
+        if body.startswith("bad"):
+            raise ValueError("bad message")
+
+    async def body(b: Broker) -> None:
+        b.names += [f"wqnb-test-tasks-{suffix}", f"wqnb-test-dead-{suffix}"]
+        rt = wqnb.Runtime.from_yaml_string(yaml_text)
+        rt.register_function("app:handler", handler, offload=False)
+        await rt.start()
+        try:
+            for i in range(20):
+                await rt.publish("app:tasks", f"ok {i}")
+            await rt.publish("app:tasks", "bad 1")
+            await asyncio.wait_for(rt.drain(), 30)
+            assert (await rt.info("app:tasks"))["ready"] == 0
+            assert (await rt.info("app:dead"))["ready"] == 1
+        finally:
+            await rt.stop()
+        assert sorted(c for c in calls if c[0].startswith("ok")) == sorted((f"ok {i}", 1) for i in range(20))
+        assert [c for c in calls if c[0] == "bad 1"] == [("bad 1", 1), ("bad 1", 2)]
+        d = await b.driver()
+        dlq = f"test:wqnb-test-dead-{suffix}"
+        await d.declare(QueueSpec(dlq, None, name=f"wqnb-test-dead-{suffix}"))
+        await d.subscribe(dlq, prefetch=1, concurrency=0)
+        (dead,) = await fetch_n(d, dlq, 1)
+        assert dead.body == "bad 1" and dead.attempt == 1
+        assert dead.headers["x_original_queue"] == "app:tasks" and dead.headers["attempts"] == 2
+        assert "bad message" in dead.headers["x_dead_letter_reason"]
+        await d.ack(dlq, [dead])
+
+    with_broker(amqp_url, body, timeout=90)

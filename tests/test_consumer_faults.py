@@ -308,3 +308,74 @@ def test_a_poison_message_is_warned_about_and_named_by_a_drain_timeout(caplog):
     assert len(warned) == 1 and "cannot parse bad" in warned[0].getMessage()
     assert "messages still cycling" in text and "cannot parse bad" in text and "attempt" in text
     assert tl.summary()["poison_messages"] == 1
+
+
+# -- issue 12 §3: publisher ids and batch publish ---------------------------------------------------
+def test_a_publisher_set_id_is_kept_and_publish_many_returns_ids_in_order():
+    seen = []
+
+    async def handler(body, message):
+        seen.append((message.id, body))
+
+    async def main():
+        rt = _rt(handler, max_length=3)
+        await rt.start()
+        a = await rt.publish(Q, "mine", id="order-42")
+        b = await rt.publish(Q, "fresh", id="")  # empty: a fresh one (Wippy)
+        many = await rt.publish_many(Q, [f"m{i}" for i in range(6)])  # waits while full (max 3)
+        with pytest.raises(TypeError):
+            await rt.publish(Q, "x", id=7)
+        await rt.drain()
+        await rt.stop()
+        return a, b, many, rt.timeline
+
+    a, b, many, tl = virtual(main)
+    assert a == "order-42" and b and b != a and len(set(many)) == 6
+    assert seen == [("order-42", "mine"), (b, "fresh"), *zip(many, [f"m{i}" for i in range(6)])]
+    pubs = tl.df[tl.df["event"] == "publish"]
+    assert list(pubs["msg_id"].astype(str)) == [a, b, *many]
+
+
+# -- issue 12 §4: change a running consumer -------------------------------------------------------------
+def test_update_consumer_adds_and_retires_workers_and_shrinks_the_buffer():
+    gate = asyncio.Event()
+    marks = {}
+
+    async def handler(body):
+        await gate.wait()
+
+    async def main():
+        rt = _rt(handler, concurrency=2, prefetch=6, max_length=100, stop_timeout=5)
+        await rt.start()
+        for i in range(20):
+            await rt.publish(Q, f"m{i}")
+        await asyncio.sleep(1)
+        c = rt.consumers[C]
+        assert (c.busy, len(c.buffer)) == (2, 6)
+        await rt.update_consumer(C, concurrency=5)
+        await asyncio.sleep(0)
+        assert c.busy == 5  # three more workers took from the buffer at once
+        await rt.update_consumer(C, prefetch=2)
+        assert len(c.buffer) <= 2  # the excess went back to the head of the queue, at once
+        await rt.update_consumer(C, concurrency=1)
+        assert c.busy == 5  # running handlers finish their message first
+        marks["gate"] = len(rt.recorder)
+        gate.set()
+        await asyncio.sleep(0)
+        await rt.drain()
+        with pytest.raises(ValueError, match="concurrency must be a whole number from 1 to 1000"):
+            await rt.update_consumer(C, concurrency=0)
+        await rt.stop()
+        return rt.timeline, c
+
+    tl, c = virtual(main)
+    df = tl.df
+    assert (df["event"] == "ack").sum() == 20 and df[df["event"] == "ack"]["msg_id"].is_unique
+    after = df.iloc[marks["gate"]:]
+    fifth_ack = after[after["event"] == "ack"].index[4]
+    late = after[(after.index > fifth_ack) & (after["event"] == "start")]
+    assert len(late) and (late["busy"] <= 1).all()  # once the running five finished: one at a time
+    assert (after["buffered"].dropna() <= 2).all()  # the lowered prefetch holds from then on
+    requeued = df[df["event"] == "requeue"]
+    assert len(requeued) >= 1  # the handed-back excess is recorded
+    assert [ch[1:] for ch in tl.consumers[C].changes] == [(5, 6), (5, 2), (1, 2)]

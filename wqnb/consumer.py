@@ -82,7 +82,9 @@ class Consumer:
         self._idle: deque[asyncio.Future[None]] = deque()
         self._room_waiter: asyncio.Future[None] | None = None
         self._fetcher: asyncio.Task[None] | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: dict[int, asyncio.Task[None]] = {}  # by worker number
+        self._limit = [entry.prefetch]  # the buffer bound, in a cell the intake closures read
+        self._retire = [0]  # workers still to retire after an update lowered concurrency
         self._delayed: dict[Message, asyncio.TimerHandle] = {}  # waiting out requeue_delay
         self._landing: set[asyncio.Task[None]] = set()  # delayed nacks on their way to a broker
         self._now: Callable[[], float] = time_unset
@@ -123,9 +125,9 @@ class Consumer:
             self._fetcher = loop.create_task(self._fetch_loop(), name=f"{self.id}:fetch")
         self._current = [None] * self.concurrency
         self._abandoned = set()
-        self._workers = [
-            loop.create_task(self._work(w), name=f"{self.id}:worker-{w}") for w in range(self.concurrency)
-        ]
+        self._retire[0] = 0
+        self._limit[0] = self.prefetch
+        self._workers = {w: self._spawn(loop, w) for w in range(self.concurrency)}
         log.info("consumer started", extra={"consumer": self.id, "queue": route.queue_id})
 
     async def stop(self, timeout: float | None = None) -> bool:
@@ -156,7 +158,7 @@ class Consumer:
         # 4. running handlers may finish within the stop timeout
         clean = True
         self.unwound: list[int] = []
-        pending = [w for w in self._workers if not w.done()]
+        pending = [w for w in self._workers.values() if not w.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
             if still:
@@ -169,7 +171,7 @@ class Consumer:
                 interrupted, self._interrupted = sorted(self._interrupted), []
                 await self._requeue_head([m for _, _, m in interrupted], [w for _, w, _ in interrupted])
         await self._flush_delayed()
-        self._workers = []
+        self._workers = {}
         self.running = False
         close = getattr(self.handler, "close", None)
         if close is not None:
@@ -178,12 +180,62 @@ class Consumer:
         log.info("consumer stopped", extra={"consumer": self.id, "clean": clean})
         return clean
 
+    def _spawn(self, loop: asyncio.AbstractEventLoop, w: int) -> asyncio.Task[None]:
+        task = loop.create_task(self._work(w), name=f"{self.id}:worker-{w}")
+        task.add_done_callback(lambda t, w=w: self._workers.pop(w, None) if self._workers.get(w) is t
+                               and not self._closing else None)
+        return task
+
+    async def update(self, *, concurrency: int | None = None, prefetch: int | None = None) -> None:
+        """Change a running consumer (Wippy's consumer manager applies an update).
+
+        More workers start at once; fewer: idle workers leave now and busy ones after the
+        message they hold (so ``busy`` may exceed the new concurrency only until those
+        handlers finish). A lower prefetch hands the excess of the buffer back to the
+        head of the queue at once, in order, so ``buffered ≤ prefetch`` when this returns.
+        """
+        loop = asyncio.get_running_loop()
+        if prefetch is not None and prefetch != self.prefetch:
+            self.prefetch = self._limit[0] = prefetch
+            excess = len(self.buffer) - prefetch
+            if excess > 0 and self.running:
+                back = [self.buffer.pop() for _ in range(excess)][::-1]  # the newest, in order
+                self.unsettled -= len(back)
+                await self._requeue_head(back, [-1] * len(back))
+            if self.running:
+                self._top_up()
+        if concurrency is not None and concurrency != self.concurrency:
+            change = concurrency - self.concurrency
+            self.concurrency = concurrency
+            if self.running:
+                if change > 0:
+                    cancel = min(change, self._retire[0])  # undo retirements not yet done
+                    self._retire[0] -= cancel
+                    for _ in range(change - cancel):
+                        w = len(self._current)
+                        self._current.append(None)
+                        self._workers[w] = self._spawn(loop, w)
+                else:
+                    self._retire[0] += -change
+                    idle = self._idle
+                    while idle and self._retire[0]:  # idle workers leave now
+                        f = idle.popleft()
+                        if not f.done():
+                            f.set_result(None)
+        info = self._rec.consumers.get(self.id)
+        if info is not None:
+            t = self._now() - (self._rec.t0 or 0.0) if self.running else float("nan")
+            info.changes.append((t, self.concurrency, self.prefetch))
+            info.concurrency, info.prefetch = max(info.concurrency, self.concurrency), max(info.prefetch, self.prefetch)
+        self.host.settled()
+
     def _abandon(self, stuck: set[asyncio.Task[None]]) -> None:
         """Handlers that did not unwind within ``UNWIND_TIMEOUT`` of their cancel: their
         messages are requeued now (nothing lost, the stop ends), and the workers, when they
         do unwind, leave them alone. ``self.unwound`` names them for the stop's error."""
+        numbers = {task: w for w, task in self._workers.items()}
         for task in stuck:
-            w = self._workers.index(task)
+            w = numbers[task]
             msg = self._current[w]
             self._abandoned.add(w)
             self.unwound.append(w)
@@ -228,14 +280,14 @@ class Consumer:
         """In-process queues: what the queue calls, once, when messages are ready (and
         what a worker calls when it frees a slot and sees a backlog): take what fits,
         admit it, then watch again or pass the signal on."""
-        buffer, prefetch, admit = self.buffer, self.prefetch, self._admit
+        buffer, limit, admit = self.buffer, self._limit, self._admit
         ready, take, notify, wake = local.ready, local.take_nowait, local.notify, local.wake
 
         def on_push() -> None:
             self._watching = False
             if self._closing:
                 return
-            room = prefetch - len(buffer)
+            room = limit[0] - len(buffer)
             if room <= 0:
                 return
             got = take(room)
@@ -310,12 +362,16 @@ class Consumer:
         idle = self._idle
         top_up, on_ready = self._top_up, self._on_ready
         notify = self._local.notify if self._local is not None else None
-        current, abandoned = self._current, self._abandoned
+        current, abandoned, retire = self._current, self._abandoned, self._retire
         yield_after = float("inf") if self._virtual else YIELD_AFTER
         last_yield = now()
         me = asyncio.current_task()
         assert me is not None
         while True:
+            if retire[0]:  # an update lowered concurrency: this worker leaves
+                retire[0] -= 1
+                current[w] = None
+                return
             if not buffer:
                 if self._closing:
                     return

@@ -300,21 +300,35 @@ class Runtime:
             raise QueueNotFound(f"queue not found: {queue_id} (declared queues: {known})")
         return route
 
-    def _message(self, body: Any, headers: dict[str, Any] | None, now: float, named: bool = False) -> Message:
+    def _message(self, body: Any, headers: dict[str, Any] | None, now: float, named: bool = False,
+                 id: str | None = None) -> Message:
         """A new message published at ``now`` (the loop's clock, read once by the caller
         for the message and its ``publish`` row); its id string is made now if ``named``,
-        else when first asked for."""
+        else when first asked for. A caller-set ``id`` is kept (Wippy keeps it)."""
         ids = self._ids
         seq = ids._next
         ids._next = seq + 1
+        if id:
+            if not isinstance(id, str):
+                ids._next = seq
+                raise TypeError(f"message id must be a string, got {id!r}")
+            self._foreign[id] = seq
+            self.recorder.intern_foreign(seq, id)
+            named = False
         # unix_time(), without its call: this runs for every message
         ts = now + self._unix_shift if self._virtual else _unix_now()
         if type(body) is not str:
             body = encode_body(body)
         return Message(
-            ids.name(seq) if named else None, seq, body,
+            id or (ids.name(seq) if named else None), seq, body,
             {"timestamp": int(ts), **headers} if headers else None, 1, ids.prefix, ts,
         )
+
+    def _unuse(self, msg: Message) -> None:
+        """A message refused before it was published: its seq (and a caller-set id) are free again."""
+        self._ids._next -= 1
+        if self.recorder.foreign_ids.pop(msg.seq, None) is not None:
+            self._foreign.pop(msg.id, None)
 
     def _intern(self, msg: Message) -> None:
         """Give a message fetched from a broker its local ``seq``: the one it was published
@@ -345,17 +359,19 @@ class Runtime:
             )
         return route
 
-    async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+    async def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None,
+                      id: str | None = None) -> str:
         """Append a message; wait while the queue is full. Returns the message id.
 
         ``str``/``bytes`` bodies travel unchanged; anything else is JSON-encoded once. On a
-        broker it returns once the broker has the message (publisher confirms).
+        broker it returns once the broker has the message (publisher confirms). ``id``:
+        the publisher's own message id, kept end to end (empty: a fresh one).
         """
         route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
             self._bind(asyncio.get_running_loop())
         now = self._now()
-        msg = self._message(body, headers, now, named=True)  # publish returns the id: make it now
+        msg = self._message(body, headers, now, named=True, id=id)  # publish returns the id: make it now
         local = route.local
         if local is None:  # a broker: the driver publishes (and retries while full) itself
             await self._broker_route(route).driver.publish(queue_id, [msg])
@@ -373,13 +389,50 @@ class Runtime:
         self._w(route.publish_pk(now, msg.seq, 1, len(route.ready), -1, -1, -1))
         if local is not None:
             local.wake()
-        return msg._id  # (named above: the id property would only return it)
+        return msg._id  # type: ignore[return-value]  # (named above: the id property would only return it)
 
-    def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+    async def publish_many(self, queue_id: str, bodies: Iterable[Any], headers: dict[str, Any] | None = None) -> list[str]:
+        """Publish several messages in one call, in order; waits while the queue is full,
+        as :meth:`publish` does (a broker gets them as one batch). One ``publish`` row
+        each. Returns their ids."""
+        route = self.routes.get(queue_id) or self._route(queue_id)
+        if route.local is not None:
+            return [await self.publish(queue_id, b, headers) for b in bodies]
+        if self._loop is None:
+            self._bind(asyncio.get_running_loop())
+        now = self._now()
+        msgs = [self._message(b, headers, now, named=True) for b in bodies]
+        await self._broker_route(route).driver.publish(queue_id, msgs)
+        now = self._now()
+        for m in msgs:
+            self._w(route.publish_pk(now, m.seq, 1, len(route.ready), -1, -1, -1))
+        return [m.id for m in msgs]
+
+    async def update_consumer(self, consumer_id: str, *, concurrency: int | None = None,
+                              prefetch: int | None = None) -> None:
+        """Change a running (or stopped) consumer's ``concurrency`` and/or ``prefetch``, as
+        Wippy's consumer manager applies an update. Within the entry's limits (1..1000,
+        1..10000). See :meth:`wqnb.consumer.Consumer.update` for what happens to running
+        handlers and buffered messages."""
+        from .registry import CONCURRENCY_MAX, PREFETCH_MAX
+
+        for name, value, top in (("concurrency", concurrency, CONCURRENCY_MAX), ("prefetch", prefetch, PREFETCH_MAX)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
+                raise ValueError(f"update_consumer({consumer_id!r}): {name} must be a whole number from 1 to {top}, "
+                                 f"got {value!r}")
+        consumer = self.consumers.get(consumer_id)
+        if consumer is None:
+            known = ", ".join(self.consumers) or "none started"
+            raise ConfigError(f"no such consumer: {consumer_id} (consumers: {known})")
+        await consumer.update(concurrency=concurrency, prefetch=prefetch)
+
+    def publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None,
+                       id: str | None = None) -> str:
         """Append a message now or raise :class:`~wqnb.errors.QueueFull` (for sync code on the loop)."""
-        return self._publish_nowait(queue_id, body, headers).id
+        return self._publish_nowait(queue_id, body, headers, id).id
 
-    def _publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> Message:
+    def _publish_nowait(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None,
+                        id: str | None = None) -> Message:
         """``publish_nowait``, returning the message (whose id is only formatted if asked for)."""
         route = self.routes.get(queue_id) or self._route(queue_id)
         if self._loop is None:
@@ -391,16 +444,16 @@ class Runtime:
                     "that loop (a notebook cell, a widget callback), or use rt.sync()"
                 ) from None
         now = self._now()
-        msg = self._message(body, headers, now)
+        msg = self._message(body, headers, now, id=id)
         local = route.local
         if local is None:
             try:
                 self._broker_route(route).driver.publish_nowait(queue_id, msg)  # a broker: its outbox
             except BaseException:
-                self._ids._next -= 1  # the id was never used
+                self._unuse(msg)
                 raise
         elif not local.put(msg):
-            self._ids._next -= 1  # the id was never used
+            self._unuse(msg)
             raise QueueFull(
                 f"queue is full: {queue_id} holds max_length={self.recorder.queues[queue_id].max_length} messages"
             )
@@ -623,9 +676,10 @@ class SyncRuntime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+    def publish(self, queue_id: str, body: Any, headers: dict[str, Any] | None = None,
+                id: str | None = None) -> str:
         self._check_open()
-        return self._call(self.runtime.publish(queue_id, body, headers))
+        return self._call(self.runtime.publish(queue_id, body, headers, id))
 
     def drain(self, timeout: float | None = None) -> None:
         self._check_open()

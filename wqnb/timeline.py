@@ -135,8 +135,10 @@ class ConsumerInfo:
 
     name: str
     queue: str
-    concurrency: int
+    concurrency: int  # the largest it had (an update may change it): plots draw this limit
     prefetch: int
+    #: ``(t, concurrency, prefetch)`` after each live update (``rt.update_consumer``)
+    changes: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 @dataclass

@@ -99,6 +99,16 @@ def test_a_csv_without_its_sidecar_still_reads_with_wqnb_dtypes(tmp_path, sim):
     assert back.summary()["acked"] == sim.summary()["acked"]
 
 
+def test_values_a_stale_sidecar_does_not_list_are_kept(tmp_path, sim):
+    path = sim.save(tmp_path / "tl.csv")
+    side = tmp_path / "tl.csv.json"
+    meta = json.loads(side.read_text())
+    meta["columns"]["msg_id"]["categories"] = meta["columns"]["msg_id"]["categories"][:3]
+    side.write_text(json.dumps(meta))
+    back = Timeline.read(path)
+    assert back.df["msg_id"].notna().all() and back.df["msg_id"].nunique() == sim.df["msg_id"].nunique()
+
+
 def test_ids_that_look_like_numbers_stay_text(tmp_path):
     tl = hand([(0.0, "deliver", "007", 0, 1, False), (0.1, "ack", "007", 0, 1, False)], process="w", origin=ORIGIN)
     back = Timeline.read(tl.save(tmp_path / "tl.csv"))

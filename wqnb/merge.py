@@ -209,6 +209,9 @@ def _restore_dtypes(df: pd.DataFrame, cols: dict[str, dict[str, Any]] | None) ->
             cats = spec.get("categories")
             if cats is None:
                 cats = s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.unique(s.dropna())
+            else:  # values the metadata does not list (a CSV rewritten after its sidecar) are kept
+                seen = set(cats)
+                cats = list(cats) + [v for v in pd.unique(s.dropna().astype(str)) if v not in seen]
             values = s.astype(object).where(s.notna(), None)
             out[name] = pd.Categorical(values, categories=pd.Index(cats, dtype=pd.Index(["x"]).dtype))
         elif dtype == "bool" and s.dtype != bool:

@@ -89,9 +89,9 @@ def save_atomically(tl: Any, path: Path) -> Path:
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     tl.save(tmp)
-    if path.suffix == ".csv":
-        os.replace(sidecar_path(tmp), sidecar_path(path))
     os.replace(tmp, path)
+    if path.suffix == ".csv":  # after the rows: a reader never finds a sidecar without them
+        os.replace(sidecar_path(tmp), sidecar_path(path))
     return path
 
 

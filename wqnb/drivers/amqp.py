@@ -221,7 +221,7 @@ class AmqpDriver(Driver):
             await self._connect_once()
         except ConfigError:
             raise
-        except (Exception, asyncio.TimeoutError) as e:
+        except Exception as e:
             raise DriverUnavailable(
                 f"{self.kind} {self.id}: cannot connect to {self.safe_url} within "
                 f"connection_timeout {self.config.connection_timeout:g}s: {_reason(e, self.config.url)}"
@@ -244,7 +244,7 @@ class AmqpDriver(Driver):
         if self._outbox or not self._outbox_idle.is_set():
             try:
                 await asyncio.wait_for(self._outbox_idle.wait(), self.config.publish_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             undelivered = len(self._outbox) + self._outbox_inflight
         self._closing = True
@@ -288,7 +288,7 @@ class AmqpDriver(Driver):
                 try:
                     await self._connect_once()
                     break
-                except (Exception, asyncio.TimeoutError) as e:
+                except Exception as e:
                     log.warning("%s: reconnect to %s failed (%s); next try in %gs", self.id,
                                 self.safe_url, _reason(e, cfg.url), min(delay * 2, cfg.reconnect_max_delay))
                     delay = min(delay * 2, cfg.reconnect_max_delay)
@@ -302,19 +302,21 @@ class AmqpDriver(Driver):
                     self._reset_subscription(sub)
                 await self._open_subscription(sub)  # no-op if already reopened
 
-    async def _wait_connected(self, deadline: float, what: str) -> None:
+    async def _wait_connected(self, deadline: float, what: str,
+                              error: type[Exception] = PublishError) -> None:
+        """Wait for the connection until ``deadline`` (loop time), else raise ``error``."""
         remaining = deadline - asyncio.get_running_loop().time()
         if not self._connected.is_set():
             if remaining <= 0 or not self._started:
-                raise PublishError(
+                raise error(
                     f"{self.kind} {self.id}: {what}: {self.safe_url} unreachable for "
                     f"publish_timeout {self.config.publish_timeout:g}s" if self._started else
                     f"{self.kind} {self.id}: {what}: driver not started"
                 )
             try:
                 await asyncio.wait_for(self._connected.wait(), remaining)
-            except asyncio.TimeoutError:
-                raise PublishError(
+            except TimeoutError:
+                raise error(
                     f"{self.kind} {self.id}: {what}: {self.safe_url} unreachable for "
                     f"publish_timeout {self.config.publish_timeout:g}s"
                 ) from None
@@ -423,7 +425,7 @@ class AmqpDriver(Driver):
                     unroutable += 1  # basic.return: the queue is gone (deleted under us)
                 elif isinstance(r, asyncio.CancelledError):
                     raise r
-                elif isinstance(r, (*_LOST, asyncio.TimeoutError)):
+                elif isinstance(r, (*_LOST, TimeoutError)):
                     lost += 1
                 elif isinstance(r, BaseException):
                     raise r
@@ -860,8 +862,8 @@ class AmqpDriver(Driver):
         fetched or still in the driver's buffer (RabbitMQ's ``queue.declare`` does not
         report unacked messages, so other processes' are not in it)."""
         state = self._state(queue_id)
-        await self._wait_connected(asyncio.get_running_loop().time() + self.config.connection_timeout,
-                                   f"info of {queue_id}")
+        await self._wait_connected(asyncio.get_running_loop().time() + self.config.publish_timeout,
+                                   f"info of {queue_id}", DriverUnavailable)
         ok = await self._passive(state)
         state.ready, state.delta = ok.message_count, 0
         sub = self._subs.get(queue_id)

@@ -199,7 +199,9 @@ class AmqpConfig:
 
     ``reconnect_delay`` 0 turns reconnecting off (Wippy); ``publish_timeout`` bounds how
     long ``publish`` retries while the broker is unreachable (never while it is merely
-    full); ``outbox_size`` bounds ``publish_nowait``'s local outbox.
+    full); ``outbox_size`` bounds ``publish_nowait``'s local outbox. ``frame_size`` and
+    ``channel_max`` are checked and accepted for Wippy's files, but aiormq takes the
+    broker's tuning. ``heartbeat`` is sent in whole seconds (0 turns heartbeats off).
     """
 
     url: str = DEFAULT_URL

@@ -363,8 +363,6 @@ def test_a_failed_sync_open_leaves_no_loop_thread_behind():
     assert _runtime_threads() == before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 point 21: Runtime._bind keeps t0 across loops, but a new "
-                                       "virtual loop restarts at 0 (fix in runtime.py, owned by the runtime rewrite)")
 def test_two_virtual_runs_of_one_runtime_keep_timeline_t_moving_forward():
     """Point 21: a second run_virtual() on one runtime sent t backwards."""
     rt = seed_runtime([])

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .clock import VirtualTimeLoop, clock_fn
+from .clock import VirtualTimeLoop
 from .durations import format_duration
 from .errors import VirtualTimeDeadlock
 from .message import Delivery, Message
@@ -104,7 +104,7 @@ class Consumer:
         if self.running:
             return
         loop = asyncio.get_running_loop()
-        self._now = clock_fn(loop)
+        self._now = self.host.clock()
         self._virtual = loop if isinstance(loop, VirtualTimeLoop) else None
         self._closing = False
         self._watching = False

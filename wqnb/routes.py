@@ -70,3 +70,6 @@ class ConsumerHost:
     unix_time: Callable[[], float]
     #: Give a message fetched from a broker its local ``seq`` (by its wire id).
     intern: Callable[[Message], None]
+    #: The runtime's clock for the loop it is bound to now (``clock()()`` reads it): the
+    #: loop's own, or shifted when a runtime runs on a second virtual loop.
+    clock: Callable[[], Callable[[], float]]

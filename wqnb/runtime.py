@@ -81,7 +81,7 @@ class Runtime:
         self._stopping: asyncio.Future[None] | None = None
         self._host = ConsumerHost(
             recorder=self.recorder, settled=self._notify_settled, draining=self._draining,
-            unix_time=self.unix_time, intern=self._intern,
+            unix_time=self.unix_time, intern=self._intern, clock=lambda: self._now,
         )
         self._wire()
 
@@ -210,15 +210,24 @@ class Runtime:
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is loop:
             return
+        previous = self._now() if self._loop is not None else None  # where the old clock ended
         self._loop = loop
-        self._now = clock_fn(loop)
+        now = clock_fn(loop)
         self._virtual = is_virtual(loop)
         if self.recorder.t0 is None:
             self.recorder.t0 = loop.time()
             self._unix0 = VIRTUAL_EPOCH if self._virtual else time.time()
             self.recorder.origin_unix = self._unix0
-        # (a new loop keeps t0: the timeline's t stays continuous)
-        self._unix_shift = self._unix0 - self.recorder.t0  # virtual Unix time = loop time + this
+        else:
+            # A new loop keeps t0, so the timeline's t stays continuous; a new virtual loop
+            # starts its clock at 0 again, so this runtime's clock goes on from where the
+            # old one ended (a shift, paid only by a runtime run on a second loop).
+            end = max(previous or 0.0, self.recorder.last_t() or 0.0)
+            shift = end - loop.time()
+            if shift > 0:
+                now = _shifted(now, shift)
+        self._now = now
+        self._unix_shift = self._unix0 - self.recorder.t0  # virtual Unix time = the clock + this
 
     def _handler_for(self, c: ConsumerEntry) -> Handler:
         fn = self._functions.get(c.func)
@@ -575,6 +584,12 @@ class Runtime:
             f"<Runtime {self.state}: {len(self.drivers)} drivers, {len(self.routes)} queues, "
             f"{len(self.registry.consumers)} consumers>"
         )
+
+
+def _shifted(now: Callable[[], float], shift: float) -> Callable[[], float]:
+    def shifted() -> float:
+        return now() + shift
+    return shifted
 
 
 def _now_unbound() -> float:

@@ -218,6 +218,12 @@ class Recorder:
         """Moved to the dead-letter queue ``dlq`` (as a fresh message: attempt 1)."""
         self.event(EV_DEAD_LETTER, t, dlq, consumer, worker, seq, 1, depth, buffered, busy, unsettled)
 
+    def last_t(self) -> float | None:
+        """The clock reading of the last row (None before any)."""
+        if not self.buf:
+            return None
+        return float(ROW.unpack_from(self.buf, len(self.buf) - ROW.size)[1])
+
     def intern_foreign(self, seq: int, msg_id: str) -> None:
         """``seq`` stands for a message published elsewhere, whose wire id is ``msg_id``."""
         self.foreign_ids[seq] = msg_id

@@ -708,3 +708,21 @@ def test_runtime_on_rabbitmq_retries_dead_letters_and_drains(amqp_url: str) -> N
         await d.ack(dlq, [dead])
 
     with_broker(amqp_url, body, timeout=90)
+
+
+def test_a_queue_deleted_under_the_driver_is_declared_again_not_published_into_the_void(amqp_url: str) -> None:
+    async def body(b: Broker) -> None:
+        d = await b.driver()
+        q = await b.queue(d)
+        conn = await aio_pika.connect(amqp_url)
+        async with conn:
+            ch = await conn.channel()
+            await ch.queue_delete(q.partition(":")[2])
+        await d.publish(q, msgs("after-delete"))  # mandatory: returned, redeclared, sent again
+        assert d.stats["unroutable"] >= 1
+        await d.subscribe(q, prefetch=1, concurrency=0)
+        (m,) = await fetch_n(d, q, 1)
+        assert m.id == "after-delete"
+        await d.ack(q, [m])
+
+    with_broker(amqp_url, body)

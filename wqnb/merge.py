@@ -207,6 +207,9 @@ def _restore_dtypes(df: pd.DataFrame, cols: dict[str, dict[str, Any]] | None) ->
         dtype = spec["dtype"]
         if dtype == "category":
             cats = spec.get("categories")
+            if isinstance(s.dtype, pd.CategoricalDtype) and (cats is None or list(s.cat.categories) == cats):
+                out[name] = s  # Parquet kept it as it was (the usual case: no copy)
+                continue
             if cats is None:
                 cats = s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype) else pd.unique(s.dropna())
             else:  # values the metadata does not list (a CSV rewritten after its sidecar) are kept

@@ -33,8 +33,8 @@ def main() -> int:
     args = ap.parse_args()
     concurrency = log_options(1, 64)[: args.grid]
     prefetch = log_options(1, 1000)[: args.grid]
-    work = dict(messages=args.messages, arrival_rate=80.0,
-                service_time=wqnb.Exponential(0.05), seed=1)
+    work = {"messages": args.messages, "arrival_rate": 80.0,
+            "service_time": wqnb.Exponential(0.05), "seed": 1}
     t0 = time.perf_counter()
     serial = wqnb.sweep(concurrency, prefetch, executor="serial", **work)
     t1 = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 import wqnb
 from wqnb import sim
 
-WORK = dict(messages=300, arrival_rate=60.0, service_time=wqnb.Exponential(0.05))
+WORK = {"messages": 300, "arrival_rate": 60.0, "service_time": wqnb.Exponential(0.05)}
 
 
 def test_default_and_any_executor_give_the_serial_rows():

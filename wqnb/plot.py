@@ -39,20 +39,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FAR_LIMIT",
-    "far_limits",
     "GAUGE_COLORS",
     "GAUGE_STYLES",
     "HIGHER_IS_BETTER",
     "METRIC_LABELS",
     "OUTCOME_COLORS",
+    "RABBIT_COLORS",
     "backpressure",
     "erlang_c_curves",
+    "far_limits",
     "gantt",
     "gauges",
     "latency",
     "latency_split",
+    "metric_cmap",
     "overview",
-    "RABBIT_COLORS",
     "rabbitmq",
     "rates",
     "rates_series",
@@ -62,7 +63,6 @@ __all__ = [
     "sweep",
     "sweep_heatmap",
     "sweep_lines",
-    "metric_cmap",
 ]
 
 #: Bar colours of the Gantt chart, by ``messages()['outcome']``.

@@ -191,9 +191,9 @@ def diagram_svg(s: Snapshot, *, width: int = 860) -> str:
     workers with the message each runs) → acked / nacked / dead-lettered."""
     h = 230
     e = html.escape
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='wqnb-replay-frame' width='{width}' "
-           f"height='{h}' viewBox='0 0 {width} {h}' font-family='sans-serif' font-size='12' "
-           f"data-t='{s.t:.6f}'>"]
+    out = [(f"<svg xmlns='http://www.w3.org/2000/svg' class='wqnb-replay-frame' width='{width}' "
+            f"height='{h}' viewBox='0 0 {width} {h}' font-family='sans-serif' font-size='12' "
+            f"data-t='{s.t:.6f}'>")]
     out.append(f"<text x='8' y='16' font-size='13' font-weight='bold'>t = {s.t:.3f} s</text>")
     # publisher
     wait = s.publisher_waiting
@@ -208,7 +208,7 @@ def diagram_svg(s: Snapshot, *, width: int = 860) -> str:
     out.append("<text x='165' y='50' font-weight='bold'>queue</text>")
     out.append(f"<text x='165' y='64' fill='#495057' class='depth'>ready {s.depth:,}"
                f"{' / max_length ' + format(cap, ',') if s.max_length else ''}</text>")
-    parts, qh = _slots(165, 72, cap, s.depth, _COL["ready"], per_row=10, max_draw=40, gid="ready")
+    parts, _ = _slots(165, 72, cap, s.depth, _COL["ready"], per_row=10, max_draw=40, gid="ready")
     out += parts
     out.append("<path d='M360 95 L390 95' stroke='#495057' stroke-width='2' marker-end='url(#a)'/>")
     # consumer: buffer and workers

@@ -38,11 +38,11 @@ __all__ = [
     "Distribution",
     "Exponential",
     "LogNormal",
+    "SimulatedFailure",
     "Uniform",
+    "default_executor",
     "simulate",
     "sweep",
-    "SimulatedFailure",
-    "default_executor",
 ]
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from .timeline import Timeline
 
-__all__ = ["COUNT_KEYS", "Summary", "format_seconds", "messages", "gauges", "summary"]
+__all__ = ["COUNT_KEYS", "Summary", "format_seconds", "gauges", "messages", "summary"]
 
 _READY = ("publish", "requeue", "dead_letter")
 
@@ -176,7 +176,7 @@ def _format_value(key: str, v: object) -> str:
         return "–"
     f = float(v)  # type: ignore[arg-type]
     if key in COUNT_KEYS:
-        return f"{int(round(f)):,}"
+        return f"{round(f):,}"
     if key.endswith("_per_s"):
         return f"{f:.4g} /s"
     if key.endswith("_s"):
@@ -201,7 +201,7 @@ class Summary(pd.Series):
     def to_text(self) -> str:
         """One ``key  value`` line each, as ``print(summary)`` shows it."""
         width = max((len(str(k)) for k in self.index), default=0)
-        return "\n".join(f"{str(k):<{width}}  {_format_value(str(k), v):>12}" for k, v in self.items())
+        return "\n".join(f"{k!s:<{width}}  {_format_value(str(k), v):>12}" for k, v in self.items())
 
     def __repr__(self) -> str:
         if self.ndim != 1 or not self.index.map(lambda k: isinstance(k, str)).all():

@@ -440,7 +440,8 @@ class Sweep:
         if self.executor == "serial":
             return None, False
         if isinstance(self.executor, str):
-            raise ValueError(f"executor must be an Executor, 'serial' or None, not {self.executor!r}")
+            raise ValueError(  # noqa: TRY004 - a string other than "serial" is a bad value
+                f"executor must be an Executor, 'serial' or None, not {self.executor!r}")
         if self.executor is None:
             pool = default_executor(cells) if _picklable(self.fixed) else None
             return pool, pool is not None

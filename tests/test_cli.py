@@ -253,3 +253,137 @@ def test_a_virtual_run_that_requeues_forever_ends_at_its_timeout(app, capsys):
     assert one_line(captured.err) == ("wqnb: queues not drained after 30s of virtual time (--timeout): "
                                       "stopped with messages still queued")
     assert "nacked                31" in captured.out  # at t = 0, 1, ..., 30 (the last at the cut-off)
+
+
+# -- issue 14: -o a folder, --help, Ctrl-C, a handler that outlives every timeout ------------------------
+def test_o_naming_a_folder_fails_before_the_run(app, capsys):
+    """Point 19: it failed after the run with [Errno 21], and the timeline was lost."""
+    (app / "out.csv").mkdir()
+    (app / "fig.png").mkdir()
+    for argv, flag in ((["run", app / "app.yaml", "--handler", "app.queue:task_handler=clihandlers:ok",
+                         "--publish", "app.queue:tasks", "x", "-o", "out.csv"], "-o out.csv"),
+                       (["simulate", "--plot", "fig.png"], "--plot fig.png")):
+        assert wqnb_cli(*argv) == 2
+        captured = capsys.readouterr()
+        assert one_line(captured.err) == f"wqnb: {flag}: is a folder (name the file to write)"
+        assert captured.out == ""
+
+
+def test_run_help_says_what_timeout_bounds(capsys):
+    """Point 20: `-n 1000000000 --timeout 1` ran for ever: --timeout starts after publishing."""
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seconds to wait for the queues to drain once every message is published (it does not bound " \
+           "publishing itself, nor the consumers' stop_timeout after it;" in text
+    assert "Ctrl-C stops gracefully at any point (summary and -o still written); a second Ctrl-C exits at once" in text
+
+
+SLOW_HANDLERS = """\
+import asyncio, pathlib, time
+
+async def slow(body):
+    pathlib.Path("started").touch()
+    await asyncio.sleep(0.2)
+
+def blocked(body):
+    pathlib.Path("started").touch()
+    time.sleep(float(pathlib.Path("block_for").read_text()))
+"""
+
+
+def _cli_process(app: Path, *argv: object) -> subprocess.Popen:
+    (app / "clihandlers.py").write_text(SLOW_HANDLERS)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "wqnb.cli", "run", "app.yaml", *map(str, argv)], cwd=app,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, deadline: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + deadline
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
+def _bounded_app(app: Path, stop_timeout: str) -> None:
+    (app / "app.yaml").write_text((APP % {"concurrency": 1}).replace(
+        "driver: app.queue:memory_driver\n    dead_letter",
+        "driver: app.queue:memory_driver\n    options: {max_length: 10}\n    dead_letter").replace(
+        "lifecycle: {auto_start: true}\n    ", "lifecycle: {auto_start: true}\n    ").replace(
+        "    lifecycle: {auto_start: true}\n", f"    lifecycle: {{auto_start: true, stop_timeout: {stop_timeout}}}\n"))
+
+
+@pytest.mark.timeout(120)
+def test_a_first_ctrl_c_stops_gracefully_with_summary_and_timeline(app):
+    """Point 12 (and 20): Ctrl-C exited 130 at once, with no summary, no timeline, no word.
+    Here a billion messages are being published into a queue of 10: Ctrl-C ends it cleanly."""
+    import signal
+
+    _bounded_app(app, "10s")
+    proc = _cli_process(app, "--publish", "app.queue:tasks", "x", "-n", 1_000_000_000, "--timeout", 1,
+                        "--handler", "app.queue:task_handler=clihandlers:slow", "-o", "tl.csv")
+    _wait_for(app / "started", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [
+        "wqnb: Ctrl-C: stopping gracefully (Ctrl-C again exits at once)",
+        "wqnb: interrupted (Ctrl-C): stopped gracefully; the messages not handled yet are back in their queues, "
+        "and the summary and timeline above are as at the stop",
+    ]
+    summary = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("timeline:"))
+    assert out.splitlines()[-1] == "timeline: tl.csv"
+    df = pd.read_csv(app / "tl.csv")
+    published = int(summary["published"])
+    assert 10 <= published == df.msg_id[df.event == "publish"].nunique()
+    # nothing lost: each message was acked, or is back in the queue (never left mid-delivery)
+    last = df[df.msg_id.notna()].groupby("msg_id")["event"].last()
+    assert set(last) <= {"ack", "requeue", "publish", "publish_cancelled", "publish_wait"}, set(last)
+    assert (last == "ack").sum() == int(summary["acked"]) >= 1
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_exits_at_once(app):
+    import signal
+    import time
+
+    _bounded_app(app, "60s")
+    (app / "block_for").write_text("60")
+    proc = _cli_process(app, "--publish", "app.queue:tasks", "x", "-n", 3,
+                        "--handler", "app.queue:task_handler=clihandlers:blocked")
+    _wait_for(app / "started", proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr.readline() == "wqnb: Ctrl-C: stopping gracefully (Ctrl-C again exits at once)\n"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # the stop is waiting on a handler blocked for 60 s
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err == "wqnb: second Ctrl-C: exiting at once\n"
+    assert time.monotonic() - t0 < 20  # (not the 60 s the handler blocks for)
+
+
+@pytest.mark.timeout(120)
+def test_a_sync_handler_blocked_past_every_timeout_does_not_hold_the_exit(app):
+    """Point 11: the CLI hung ~30 s after both timeouts had passed (Python joins the
+    handler's thread at exit); it now exits naming the handler still running."""
+    _bounded_app(app, "200ms")
+    (app / "block_for").write_text("40")
+    proc = _cli_process(app, "--publish", "app.queue:tasks", "x", "-n", 2, "--timeout", 0.3,
+                        "--handler", "app.queue:task_handler=clihandlers:blocked")
+    try:
+        out, err = proc.communicate(timeout=25)  # 0.3 s + 0.2 s + the stop's bounded unwind
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("wqnb run waited for the blocked handler past its timeouts")
+    assert proc.returncode == 1, err
+    lines = err.splitlines()
+    assert lines[0] == "wqnb: queues not drained after 0.3s (--timeout): stopped with messages still queued"
+    assert lines[1].startswith("wqnb: consumer stop timed out: app.queue:task_consumer (stop_timeout 0.2s)")
+    assert lines[-1] == ("wqnb: exiting without waiting for the handler still running: app.queue:task_handler "
+                         "(consumer app.queue:task_consumer, thread wqnb-app.queue:task_consumer_0)")
+    assert "published             2" in out

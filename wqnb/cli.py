@@ -18,7 +18,12 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +100,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="use a Python callable for a function id")
     run.add_argument("--virtual", action="store_true", help="run on virtual time (sleeps cost no wall time)")
     run.add_argument("--timeout", type=_seconds, default=None,
-                     help="seconds to wait for the queues to drain (default 60; with --virtual, virtual "
-                          "seconds, default 3600: an app that requeues forever still ends)")
+                     help="seconds to wait for the queues to drain once every message is published (it does "
+                          "not bound publishing itself, nor the consumers' stop_timeout after it; default 60; "
+                          "with --virtual, virtual seconds, default 3600: an app that requeues forever still "
+                          "ends). Ctrl-C stops gracefully at any point (summary and -o still written); a "
+                          "second Ctrl-C exits at once")
     _outputs(run)
 
     sim = sub.add_parser("simulate", help="simulate a workload on virtual time (wqnb.simulate)")
@@ -149,6 +157,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for flag, path in (("-o", out), ("--plot", fig)):
         if path is not None and not path.resolve().parent.is_dir():
             raise ValueError(f"{flag} {path}: no such folder: {path.resolve().parent}")
+        if path is not None and path.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder (name the file to write)")
 
 
 def _report(tl: Any, args: argparse.Namespace) -> None:
@@ -174,7 +184,61 @@ def _figure(tl: Any, path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-async def _run_app(args: argparse.Namespace) -> tuple[Any, list[str]]:
+#: The exit status of a run ended by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+_INTERRUPTED_TEXT = ("interrupted (Ctrl-C): stopped gracefully; the messages not handled yet are back in their "
+                     "queues, and the summary and timeline above are as at the stop")
+
+
+def _first_ctrl_c_stops(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> Callable[[], None]:
+    """Until the returned undo is called, a first SIGINT calls ``stop`` on ``loop`` (a
+    graceful stop) and a second one ends the process at once. A plain signal handler, not
+    ``loop.add_signal_handler``: it must work while the loop itself is busy or stopping."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+    hits = [0]
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        hits[0] += 1
+        if hits[0] == 1:
+            os.write(2, b"wqnb: Ctrl-C: stopping gracefully (Ctrl-C again exits at once)\n")
+            loop.call_soon_threadsafe(stop)
+        else:
+            os.write(2, b"wqnb: second Ctrl-C: exiting at once\n")
+            os._exit(INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class _RunOutcome:
+    """What ``wqnb run`` ends with: the timeline, what went wrong, and why."""
+
+    timeline: Any
+    problems: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    #: consumer id -> function id, for consumers whose handlers outlived stop_timeout
+    stuck: dict[str, str] = field(default_factory=dict)
+
+
+async def _publish_and_drain(rt: Any, args: argparse.Namespace, timeout: float, problems: list[str]) -> None:
+    for queue_id, text in args.publish:
+        body = _body(text)
+        for i in range(args.count):
+            await rt.publish(queue_id, body)
+            if i % 1000 == 999:
+                await asyncio.sleep(0)  # (a publish with room does not yield: let Ctrl-C in)
+    try:
+        await rt.drain(timeout=timeout)
+    except TimeoutError:
+        clock = " of virtual time" if args.virtual else ""
+        problems.append(f"queues not drained after {timeout:g}s{clock} (--timeout): stopped with messages "
+                        "still queued")
+
+
+async def _run_app(args: argparse.Namespace) -> _RunOutcome:
     """Run the app; return its timeline, and what went wrong at the end if anything did
     (the timeline is still worth printing then: it shows where the messages are)."""
     from .errors import StopTimeout
@@ -192,24 +256,50 @@ async def _run_app(args: argparse.Namespace) -> tuple[Any, list[str]]:
         rt._route(queue_id)  # an unknown queue fails here, before anything starts
     await rt.start()
     timeout = args.timeout if args.timeout is not None else (3600.0 if args.virtual else 60.0)
-    problems = []
+    out = _RunOutcome(None)
+    ctrl_c = asyncio.Event()
+    undo = _first_ctrl_c_stops(asyncio.get_running_loop(), ctrl_c.set)
     try:
-        for queue_id, text in args.publish:
-            body = _body(text)
-            for _ in range(args.count):
-                await rt.publish(queue_id, body)
+        work = asyncio.ensure_future(_publish_and_drain(rt, args, timeout, out.problems))
+        interrupt = asyncio.ensure_future(ctrl_c.wait())
         try:
-            await rt.drain(timeout=timeout)
-        except TimeoutError:
-            clock = " of virtual time" if args.virtual else ""
-            problems.append(f"queues not drained after {timeout:g}s{clock} (--timeout): stopped with messages "
-                            "still queued")
+            await asyncio.wait({work, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupt.cancel()
+            if not work.done():
+                work.cancel()
+                out.interrupted = True
+            await asyncio.gather(work, interrupt, return_exceptions=True)
+        if not out.interrupted:
+            work.result()  # (an error while publishing: main reports it)
     finally:
         try:
             await rt.stop()
         except StopTimeout as e:
-            problems.append(str(e))
-    return rt.timeline, problems
+            out.problems.append(str(e))
+            out.stuck = {c: rt.registry.entries[c].func for c in e.consumers}
+        finally:
+            undo()
+    if out.interrupted:
+        out.problems.append(_INTERRUPTED_TEXT)
+    out.timeline = rt.timeline
+    return out
+
+
+def _threads_still_running(stuck: dict[str, str], deadline: float = 1.0) -> list[str]:
+    """Handler threads of the ``stuck`` consumers still alive after ``deadline`` seconds
+    (idle pool threads leave at once; a handler blocked in a sync call does not)."""
+    prefixes = {f"wqnb-{c}_": c for c in stuck}
+    end = time.monotonic() + deadline
+    alive = []
+    for t in threading.enumerate():
+        consumer = next((c for p, c in prefixes.items() if t.name.startswith(p)), None)
+        if consumer is None:
+            continue
+        t.join(max(0.0, end - time.monotonic()))
+        if t.is_alive():
+            alive.append(f"{stuck[consumer]} (consumer {consumer}, thread {t.name})")
+    return alive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,14 +312,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.virtual:
                 from .clock import run_virtual
 
-                tl, problems = run_virtual(_run_app(args))
+                out = run_virtual(_run_app(args))
             else:
-                tl, problems = asyncio.run(_run_app(args))
-            _report(tl, args)
-            for problem in problems:
+                out = asyncio.run(_run_app(args))
+            _report(out.timeline, args)
+            for problem in out.problems:
                 print(f"wqnb: {problem}", file=sys.stderr)
-            if problems:
-                return 1
+            rc = INTERRUPTED if out.interrupted else 1 if out.problems else 0
+            running = _threads_still_running(out.stuck) if out.stuck else []
+            if running:
+                # Python would wait for these threads at exit, past every timeout given.
+                print(f"wqnb: exiting without waiting for the handler still running: {', '.join(running)}",
+                      file=sys.stderr)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(rc)
+            if rc:
+                return rc
         elif args.command == "simulate":
             from .sim import simulate
 

@@ -405,11 +405,19 @@ class AmqpDriver(Driver):
             # Counted when sent, taken back when not confirmed: the cached depth then errs
             # low, never high, when a confirm lands after a passive declare's answer.
             state.delta += len(frames)
-            results = await asyncio.gather(
-                *(ch.basic_publish(body, routing_key=state.name, properties=props, mandatory=True)
-                  for _, body, props in frames),
-                return_exceptions=True,
-            )
+            if len(frames) == 1:  # no gather (and no task) for one message
+                _, body, props = frames[0]
+                try:
+                    results: list[Any] = [await ch.basic_publish(
+                        body, routing_key=state.name, properties=props, mandatory=True)]
+                except Exception as e:
+                    results = [e]
+            else:
+                results = await asyncio.gather(
+                    *(ch.basic_publish(body, routing_key=state.name, properties=props, mandatory=True)
+                      for _, body, props in frames),
+                    return_exceptions=True,
+                )
             retry, refused, lost, unroutable = [], 0, 0, 0
             for frame, r in zip(frames, results, strict=True):
                 if isinstance(r, Basic.Ack):
@@ -720,6 +728,17 @@ class AmqpDriver(Driver):
         ``multiple`` frame when they are every outstanding tag up to the highest."""
         raw = sub.raw
         if not tags or raw is None:
+            return
+        if len(tags) == 1:  # the common case: one worker acks its message
+            t = tags[0]
+            sub.unacked.pop(t, None)
+            try:
+                if requeue is None:
+                    await raw.basic_ack(t)
+                else:
+                    await raw.basic_nack(t, requeue=requeue)
+            except _LOST:
+                self.stats["dropped_settles"] += 1
             return
         tags.sort()
         top = tags[-1]

@@ -137,14 +137,15 @@ print(APP_YAML.split("\n  - name: tasks")[0])
 # consuming (never a fixed sleep).
 
 # %%
-def start_worker(name, deadline=60.0):
-    """`wqnb worker` as a child process; returns once it says it is consuming."""
-    out = app_dir / f"{name}.parquet"
+def start_worker(name, folder=None, deadline=60.0):
+    """`wqnb worker` as a child process in `folder`; returns once it says it is consuming."""
+    folder = folder or app_dir
+    out = folder / f"{name}.parquet"
     proc = subprocess.Popen(
         [sys.executable, "-m", "wqnb.cli", "worker", "app.yaml", "--name", name, "-o", out.name,
          "--checkpoint", "0.2"],
-        cwd=app_dir, text=True, stdout=subprocess.PIPE, stderr=open(app_dir / f"{name}.err", "w"),
-        env=dict(os.environ, NB07_PAUSE=str(app_dir / f"pause-{name}")))
+        cwd=folder, text=True, stdout=subprocess.PIPE, stderr=open(folder / f"{name}.err", "w"),
+        env=dict(os.environ, NB07_PAUSE=str(folder / f"pause-{name}")))
     atexit.register(proc.kill)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -155,7 +156,7 @@ def start_worker(name, deadline=60.0):
             break
     if "consuming" not in line:
         proc.kill()
-        raise RuntimeError(f"{name} did not start: {(app_dir / f'{name}.err').read_text()[-2000:]}")
+        raise RuntimeError(f"{name} did not start: {(folder / f'{name}.err').read_text()[-2000:]}")
     print(line.strip())
     return proc, out
 
@@ -390,6 +391,47 @@ title = ax.set_title("the queue on RabbitMQ: Ready and Unacked (2 workers × qos
 # NBVAL_IGNORE_OUTPUT
 print(f"Unacked before the kill: max {unacked[grid < t_kill].max():.0f}; after it: max "
       f"{unacked[grid > t_kill + 0.3].max():.0f}")
+
+# %% [markdown]
+# ## Prefetch 20: the same worker, a bigger buffer
+#
+# The same app with `prefetch: 20`, one worker (w3) on a queue of its own, 100 messages:
+# its `basic.qos` is 20 + 2 = 22, so RabbitMQ keeps 22 messages Unacked on it while the
+# rest is Ready. The messages are not handled faster (two workers still do the work); they
+# just wait in the worker's buffer instead of the broker's queue — where a second worker
+# could not get them, and where a crash would hand 22 of them back instead of 5.
+
+# %%
+(app_dir / "p20").mkdir()
+_ = (app_dir / "p20" / "app.yaml").write_text(
+    (app_dir / "app.yaml").read_text().replace("prefetch: 3", "prefetch: 20").replace(QUEUE_NAME, QUEUE_NAME + "_p20"))
+_ = (app_dir / "p20" / "nb07_handler.py").write_text(HANDLER_PY)
+w3, w3_file = start_worker("w3", app_dir / "p20")
+pub20 = wqnb.Runtime.from_yaml(app_dir / "p20" / "app.yaml")
+pub20.recorder.process = "pub20"
+await pub20.start("app.queue:amqp_driver")
+ids20 = [await pub20.publish(QUEUE, {"id": i}) for i in range(100)]
+await wait_until(lambda: acked_ids(w3_file) >= set(ids20), what="w3 to ack every message")
+w3.send_signal(signal.SIGTERM)
+w3.communicate(timeout=60)
+await pub20.stop()
+tl20 = wqnb.Timeline.merge([pub20.timeline, w3_file])
+g = tl20.gauges("app.queue:task_consumer@w3")
+c20 = tl20.consumers["app.queue:task_consumer@w3"]
+print(f"w3: max unsettled {g['unsettled'].max()} (qos {c20.prefetch + c20.concurrency}), max busy "
+      f"{g['busy'].max()} (concurrency 2), max buffered {g['buffered'].max()} (prefetch 20); "
+      f"acked {int(tl20.summary()['acked'])} of {len(ids20)}")
+
+# %%
+fig, ax = plt.subplots(figsize=(10, 2.8), layout="constrained")
+for gauge in ("unsettled", "buffered", "busy"):
+    ax.plot(g["t"], g[gauge], drawstyle="steps-post", color=plot.GAUGE_COLORS[gauge], label=gauge)
+ax.axhline(c20.prefetch + c20.concurrency, color="#888888", ls="--", lw=1)
+ax.set_xlabel("time (s)")
+ax.set_ylabel("messages")
+ax.legend(loc="upper right", fontsize="small")
+title = ax.set_title("w3 (prefetch 20): Unacked on RabbitMQ = its unsettled, up to qos 22 (dashed)", loc="left",
+                     fontsize="medium")
 
 # %% [markdown]
 # What `prefetch` changes, in one line each:

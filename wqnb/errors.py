@@ -8,6 +8,7 @@
     ├── AlreadySettled       a second ack/nack of one delivery ("queue.Message already settled")
     ├── MessageReleased      settle/inspect a delivery after its handler returned
     ├── HandlerError         a handler reported failure without raising (Lua ``return nil, err``)
+    ├── PermissionDenied     a handler's publish refused by its security policies (Wippy's texts)
     ├── StopTimeout          handlers still running when ``stop_timeout`` ran out (names consumers)
     ├── RuntimeStateError    lifecycle misuse (publish before start on a stopped loop, ...)
     └── VirtualTimeDeadlock  virtual time: nothing is scheduled, so nothing can ever happen
@@ -25,6 +26,7 @@ __all__ = [
     "DriverUnavailable",
     "HandlerError",
     "MessageReleased",
+    "PermissionDenied",
     "PublishError",
     "QueueFull",
     "QueueNotFound",
@@ -89,6 +91,12 @@ class MessageReleased(WqnbError):
 
 class HandlerError(WqnbError):
     """A handler reported failure by value (Lua's ``return nil, err``), not by raising."""
+
+
+class PermissionDenied(WqnbError):
+    """A publish from a handler that its consumer's ``lifecycle.security`` (or strict mode)
+    does not allow: ``queue publishing not allowed`` or ``not allowed to publish to queue:
+    <id>``. Raised by ``await message.publish(...)``; a Lua handler gets ``nil, err``."""
 
 
 class StopTimeout(WqnbError, TimeoutError):

@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any
 
-from .errors import AlreadySettled, MessageReleased
+from .errors import AlreadySettled, MessageReleased, RuntimeStateError
 
 __all__ = ["Delivery", "Message", "IdSource", "encode_body"]
 
@@ -199,6 +199,20 @@ class Delivery:
         """Which delivery this is: 1 for the first, 2 after one nack, ..."""
         self._check_live()
         return self.message.attempt
+
+    # -- publishing -------------------------------------------------------------------
+    async def publish(self, queue: str, body: Any, headers: dict[str, Any] | None = None) -> str:
+        """Publish as this delivery's consumer; returns the message id.
+
+        Checked as Wippy's Lua ``queue.publish`` is, against the consumer's
+        ``lifecycle.security`` (and strict mode): raises
+        :class:`~wqnb.errors.PermissionDenied` with Wippy's text when refused. If the
+        handler lets it propagate, the delivery is nacked with that text as its error."""
+        self._check_live()
+        publish = getattr(getattr(self._settle, "host", None), "publish_from_handler", None)
+        if publish is None:
+            raise RuntimeStateError("this delivery has no runtime to publish through")
+        return await publish(self, queue, body, headers)
 
     # -- settling -------------------------------------------------------------------
     async def ack(self) -> None:

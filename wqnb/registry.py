@@ -25,6 +25,14 @@ import yaml
 from .durations import parse_duration
 from .errors import ConfigError, CycleError
 from .handlers.base import FunctionSpec
+from .security import (
+    POLICY_KINDS,
+    Policy,
+    SecuritySpec,
+    parse_policy,
+    parse_security,
+    validate_security,
+)
 from .yamlload import load_yaml
 
 __all__ = [
@@ -47,7 +55,7 @@ STOP_TIMEOUT_DEFAULT = 10.0
 
 DRIVER_KINDS = ("queue.driver.memory", "queue.driver.redis", "queue.driver.amqp")
 FUNCTION_KINDS = ("function.lua", "function.python")
-KINDS = (*DRIVER_KINDS, "queue.queue", "queue.consumer", *FUNCTION_KINDS)
+KINDS = (*DRIVER_KINDS, "queue.queue", "queue.consumer", *FUNCTION_KINDS, *POLICY_KINDS)
 
 
 def split_id(entry_id: str) -> tuple[str, str]:
@@ -61,6 +69,8 @@ class Lifecycle:
     auto_start: bool = False
     depends_on: tuple[str, ...] = ()
     stop_timeout: float = STOP_TIMEOUT_DEFAULT
+    #: ``lifecycle.security`` (actor, groups, policies): checked on a consumer's publishes.
+    security: SecuritySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class ConsumerEntry:
     driver_options: dict[str, Any] = field(default_factory=dict)
 
 
-Entry = DriverEntry | QueueEntry | ConsumerEntry | FunctionSpec
+Entry = DriverEntry | QueueEntry | ConsumerEntry | FunctionSpec | Policy
 
 
 class _EntryReader:
@@ -182,6 +192,7 @@ class _EntryReader:
                 "lifecycle.stop_timeout", lc.get("stop_timeout"), STOP_TIMEOUT_DEFAULT
             )
             or 0.0,
+            security=parse_security(lc.get("security"), self.id, self.ns, self.file),
         )
 
 
@@ -250,6 +261,8 @@ def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
         )
     if kind in FUNCTION_KINDS:
         return _parse_function(r, kind, base_dir)
+    if kind in POLICY_KINDS:
+        return parse_policy(raw, r.id, r.ns, r.file, kind)
     raise r.error(f"unknown entry kind {kind!r} (wqnb knows: {', '.join(KINDS)})", "kind")
 
 
@@ -291,6 +304,9 @@ class Registry:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
+        #: A file's top-level ``security: {strict_mode: true}`` (Wippy's boot option):
+        #: handlers without an actor and a scope may not publish. Any file may turn it on.
+        self.strict_security = False
 
     # -- loading ---------------------------------------------------------------------
     def load(self, paths: str | Path | Iterable[str | Path]) -> Registry:
@@ -344,6 +360,7 @@ class Registry:
             items = doc["entries"]
             if not isinstance(items, list):
                 raise ConfigError("entries must be a list", file=name, field="entries")
+            self._read_security_settings(doc.get("security"), name)
         elif "name" in doc and "kind" in doc:
             items = [{k: v for k, v in doc.items() if k not in ("namespace", "version")}]
         else:
@@ -354,6 +371,15 @@ class Registry:
         for i, raw in enumerate(items):
             self._add(raw, i, ns.strip(), name, Path(base_dir))
         return self
+
+    def _read_security_settings(self, raw: Any, file: str) -> None:
+        if raw is None:
+            return
+        strict = raw.get("strict_mode", False) if isinstance(raw, dict) else None
+        if not isinstance(strict, bool) or set(raw) - {"strict_mode"}:
+            raise ConfigError(f"expected security: {{strict_mode: true|false}}, got {raw!r}", file=file,
+                              field="security")
+        self.strict_security = self.strict_security or strict
 
     def _add(self, raw: Any, i: int, ns: str, file: str, base_dir: Path) -> None:
         if not isinstance(raw, dict):
@@ -418,6 +444,7 @@ class Registry:
                     raise ConfigError(
                         f"depends on {dep}, which is not defined", file=e.file, entry=e.id, field="lifecycle.depends_on"
                     )
+        validate_security(self.entries)
         self._run_validators()
         self.start_order()
 

@@ -9,7 +9,7 @@ with, so that the consumer never reaches into the runtime's privates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sized
+from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,3 +73,6 @@ class ConsumerHost:
     #: The runtime's clock for the loop it is bound to now (``clock()()`` reads it): the
     #: loop's own, or shifted when a runtime runs on a second virtual loop.
     clock: Callable[[], Callable[[], float]]
+    #: ``await message.publish(queue, body, headers)`` from a handler: the runtime checks
+    #: the consumer's ``lifecycle.security`` (wqnb.security), then publishes.
+    publish_from_handler: Callable[..., Awaitable[str]] | None = None

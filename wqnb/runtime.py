@@ -25,12 +25,20 @@ from .clock import clock_fn, is_virtual
 from .consumer import Consumer
 from .drivers.base import Driver, QueueSpec
 from .drivers.memory import MemoryDriver
-from .errors import ConfigError, QueueFull, QueueNotFound, RuntimeStateError, StopTimeout
+from .errors import (
+    ConfigError,
+    PermissionDenied,
+    QueueFull,
+    QueueNotFound,
+    RuntimeStateError,
+    StopTimeout,
+)
 from .handlers.base import FunctionSpec, Handler, HandlerServices
 from .handlers.python import import_callable, python_handler
-from .message import IdSource, Message, encode_body
+from .message import Delivery, IdSource, Message, encode_body
 from .registry import ConsumerEntry, DriverEntry, QueueEntry, Registry
 from .routes import ConsumerHost, Route
+from .security import PublishGate
 from .timeline import ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
@@ -57,9 +65,16 @@ class Runtime:
     """
 
     def __init__(self, registry: Registry | None = None, *, recorder: Recorder | None = None,
-                 process: str | None = None) -> None:
+                 process: str | None = None, strict_security: bool | None = None) -> None:
         self.registry = registry or Registry()
         self.registry.check()
+        #: Checks every publish a handler makes (DESIGN §8). ``strict_security`` (default:
+        #: the YAML's ``security: {strict_mode: ...}``, else False) refuses publishes from
+        #: handlers whose consumer has no actor and scope; ``rt.security.strict`` may change it.
+        self.security = PublishGate(
+            self.registry.entries,
+            self.registry.strict_security if strict_security is None else strict_security,
+        )
         self.recorder = recorder or Recorder()
         self._ids = IdSource()
         self._foreign: dict[str, int] = {}  # wire id -> seq, for messages published elsewhere
@@ -82,6 +97,7 @@ class Runtime:
         self._host = ConsumerHost(
             recorder=self.recorder, settled=self._notify_settled, draining=self._draining,
             unix_time=self.unix_time, intern=self._intern, clock=lambda: self._now,
+            publish_from_handler=self._publish_from_handler,
         )
         self._wire()
 
@@ -261,8 +277,21 @@ class Runtime:
     def services(self) -> HandlerServices:
         """What handlers may use: publish, queue info, the clock."""
         return HandlerServices(
-            publish=self.publish, queue_info=self.queue_info, now=self.unix_time, sleep=asyncio.sleep
+            publish=self.publish, queue_info=self.queue_info, now=self.unix_time, sleep=asyncio.sleep,
+            publish_denied=self._publish_denied,
         )
+
+    def _publish_denied(self, delivery: Delivery | None, queue_id: str) -> str | None:
+        """The security check of a handler's publish: None, or Wippy's refusal text."""
+        return self.security.denied(getattr(getattr(delivery, "_settle", None), "entry", None), queue_id)
+
+    async def _publish_from_handler(self, delivery: Delivery, queue_id: str, body: Any,
+                                    headers: dict[str, Any] | None = None) -> str:
+        """``await message.publish(...)`` in a Python handler: checked, then published."""
+        denied = self._publish_denied(delivery, queue_id)
+        if denied is not None:
+            raise PermissionDenied(denied)
+        return await self.publish(queue_id, body, headers)
 
     async def stop(self) -> None:
         """Stop consumers (concurrently), then drivers, in reverse start order.

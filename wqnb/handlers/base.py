@@ -74,9 +74,12 @@ class HandlerServices:
     ``queue_info(queue_id)`` returns ``{"message_count": n, "ready": n, ...}``.
     ``now()`` is Unix time in seconds on the runtime's clock (virtual time in ``simulate``).
     ``sleep(seconds)`` suspends only the caller, on the same clock.
+    ``publish_denied(delivery, queue_id)`` is the security check of a publish made from a
+    handler (None: allowed; else Wippy's text, see :mod:`wqnb.security`).
     """
 
     publish: Callable[[str, Any, dict[str, Any] | None], Awaitable[str]]
     queue_info: Callable[[str], dict[str, Any]]
     now: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
+    publish_denied: Callable[[Delivery | None, str], str | None] | None = None

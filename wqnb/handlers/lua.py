@@ -294,7 +294,7 @@ class LuaHandler:
         try:
             code = r[0]
             while code >= OP_SLEEP:
-                r = await self._op(slot, r)
+                r = await self._op(slot, r, token)
                 code = r[0]
         finally:
             self._live.pop(token, None)
@@ -320,7 +320,7 @@ class LuaHandler:
             return f"{text} (the Lua runtime's max_memory is {self.max_memory} bytes)"
         return text
 
-    async def _op(self, slot: int, r: tuple[Any, ...]) -> tuple[Any, ...]:
+    async def _op(self, slot: int, r: tuple[Any, ...], token: int = 0) -> tuple[Any, ...]:
         """Perform one wait the handler asked for; resume it with the outcome."""
         code = r[0]
         try:
@@ -328,7 +328,7 @@ class LuaHandler:
                 await self.services.sleep(r[1])
                 result: tuple[Any, ...] = (True,)
             elif code == OP_PUBLISH:
-                result = await self._publish(r[1], r[2], r[3])
+                result = await self._publish(r[1], r[2], r[3], token)
             else:
                 result = await self._settle(code, r[1], r[2] if len(r) > 2 else None)
         except BaseException:  # cancelled (stop timeout): this runner never resumes
@@ -343,9 +343,14 @@ class LuaHandler:
             self._drop(slot)
             return (DEAD, str(e))
 
-    async def _publish(self, queue_id: str, body: Any, headers: Any) -> tuple[Any, ...]:
+    async def _publish(self, queue_id: str, body: Any, headers: Any, token: int = 0) -> tuple[Any, ...]:
         if self.services is None:
             return (None, "Invalid", "queue manager not found in context", None)
+        denied_fn = getattr(self.services, "publish_denied", None)
+        if denied_fn is not None:  # the consumer's lifecycle.security (wqnb.security), as Wippy
+            denied = denied_fn(self._live.get(token), queue_id)
+            if denied is not None:
+                return (None, "Invalid", denied, None)
         h = None
         if headers is not None:
             try:

@@ -216,7 +216,9 @@ def _restore_dtypes(df: pd.DataFrame, cols: dict[str, dict[str, Any]] | None) ->
                 seen = set(cats)
                 cats = list(cats) + [v for v in pd.unique(s.dropna().astype(str)) if v not in seen]
             values = s.astype(object).where(s.notna(), None)
-            out[name] = pd.Categorical(values, categories=pd.Index(cats, dtype=pd.Index(["x"]).dtype))
+            # categories inferred as pandas does for a list (str; object when empty), as
+            # Timeline.from_array builds them, so that a round trip is exact
+            out[name] = pd.Categorical(values, categories=pd.Index([str(c) for c in cats]))
         elif dtype == "bool" and s.dtype != bool:
             out[name] = s.map({"True": True, "False": False, True: True, False: False}).fillna(False).astype(bool)
         else:
@@ -332,7 +334,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
                     s = f[c]
                     cats.update(dict.fromkeys(s.cat.categories if isinstance(s.dtype, pd.CategoricalDtype)
                                               else pd.unique(s.dropna())))
-            dtype = pd.CategoricalDtype(pd.Index(list(cats), dtype=pd.Index(["x"]).dtype))
+            dtype = pd.CategoricalDtype(pd.Index([str(c) for c in cats]))
             for f in fixed:
                 if c not in f.columns:
                     f[c] = pd.Categorical([None] * len(f), dtype=dtype)

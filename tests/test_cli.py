@@ -332,8 +332,8 @@ def test_a_first_ctrl_c_stops_gracefully_with_summary_and_timeline(app):
     assert proc.returncode == 130, err
     assert err.splitlines() == [
         "wqnb: Ctrl-C: stopping gracefully (Ctrl-C again exits at once)",
-        "wqnb: interrupted (Ctrl-C): stopped gracefully; the messages not handled yet are back in their queues, "
-        "and the summary and timeline above are as at the stop",
+        ("wqnb: interrupted (Ctrl-C): stopped gracefully; the messages not handled yet are back in their queues, "
+         "and the summary and timeline above are as at the stop"),
     ]
     summary = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("timeline:"))
     assert out.splitlines()[-1] == "timeline: tl.csv"
@@ -387,3 +387,11 @@ def test_a_sync_handler_blocked_past_every_timeout_does_not_hold_the_exit(app):
     assert lines[-1] == ("wqnb: exiting without waiting for the handler still running: app.queue:task_handler "
                          "(consumer app.queue:task_consumer, thread wqnb-app.queue:task_consumer_0)")
     assert "published             2" in out
+
+
+def test_deeply_nested_yaml_is_one_line_naming_the_file_not_an_internal_error(app, capsys):
+    """Point 17: 5,000 nested [ raised RecursionError, and the CLI said "internal error"."""
+    (app / "deep.yaml").write_text("namespace: app\nentries: " + "[" * 5000 + "\n")
+    assert wqnb_cli("run", "deep.yaml") == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("wqnb: deep.yaml: YAML nested too deeply to read") and "internal error" not in line

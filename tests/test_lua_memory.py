@@ -247,8 +247,8 @@ def test_a_handler_resumed_with_no_room_left_fails_with_the_memory_error():
         print(run(h, "fill"))
         print(run(h, "no fill"))
     """)
-    assert out == ["not enough memory (no room left to resume the handler) "
-                   "(the Lua runtime's max_memory is 1048576 bytes)", "None"]
+    assert out == [("not enough memory (no room left to resume the handler) "
+                    "(the Lua runtime's max_memory is 1048576 bytes)"), "None"]
 
 
 # -- 3: a cap too small to hold the runtime ----------------------------------------------------------

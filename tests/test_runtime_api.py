@@ -348,9 +348,8 @@ def test_a_failed_sync_open_leaves_no_loop_thread_behind():
     before = _runtime_threads()
     for _ in range(5):
         rt = wqnb.Runtime.from_yaml_string(SEED_APP)  # app.queue:task_handler never registered
-        with pytest.raises(wqnb.ConfigError, match="function not found: app.queue:task_handler"):
-            with rt.sync():
-                pass  # pragma: no cover - never reached
+        with pytest.raises(wqnb.ConfigError, match="function not found: app.queue:task_handler"), rt.sync():
+            pass  # pragma: no cover - never reached
     assert _runtime_threads() == before
     # and the facade can be opened again once the function exists
     rt.register_function("app.queue:task_handler", lambda body: None)

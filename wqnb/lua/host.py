@@ -51,11 +51,15 @@ def _lua_size(value: Any, budget: int) -> int:
     strings), counted until it passes ``budget``: enough to refuse early what cannot fit."""
     total = 0
     stack = [value]
+    short: set[str | bytes] = set()  # Lua interns strings up to 40 bytes: each once
     while stack and total <= budget:
         v = stack.pop()
         t = type(v)
         if t is str or t is bytes:
-            if len(v) > 40:  # (Lua interns shorter strings: a repeated one is stored once)
+            if len(v) > 40:
+                total += 25 + len(v)
+            elif v not in short:
+                short.add(v)
                 total += 25 + len(v)
         elif t is list:  # a table and its array part (16-byte slots, a power of 2 of them)
             total += 56 + 16 * len(v)
@@ -131,7 +135,7 @@ class Host:
         self._clock0 = self._unix()
 
     # -- making Lua values under the memory cap --------------------------------------------
-    def build(self, value: Any, make: Callable[[], Any]) -> Any:
+    def build(self, value: Any, make: Callable[[], Any], upper: int | None = None) -> Any:
         """``make()`` (which makes Lua values from ``value``) with the memory cap lifted.
 
         lupa converts Python values to Lua with unprotected API calls: a memory error
@@ -139,13 +143,14 @@ class Host:
         PANIC; inside a host call the GIL taken by lupa's callback wrapper is never given
         back, and the next call waits for it for ever). So the cap is lifted while lupa
         pushes, once an estimate says the value fits; a value that turned out bigger is
-        dropped. Raises :class:`NoMemory`."""
+        dropped. ``upper``, a cheap upper bound on the size when one is known, spares
+        the estimate's walk when it fits. Raises :class:`NoMemory`."""
         cap = self.cap
         if not cap:
             return make()
         lua = self.lua
         free = cap - lua.get_memory_used() - SLACK
-        if _lua_size(value, free) > free:
+        if (upper is None or upper > free) and _lua_size(value, free) > free:
             lua.gccollect()
             free = cap - lua.get_memory_used() - SLACK
             need = _lua_size(value, free)
@@ -192,7 +197,8 @@ class Host:
             return None, "exceeded maximum nesting depth for JSON decoding"
         try:
             if type(value) is dict or type(value) is list:
-                return self.build(value, lambda: self.table_from(value, recursive=True))
+                # (no JSON text takes more than 64 bytes a character in Lua: "[]" is a 56-byte table)
+                return self.build(value, lambda: self.table_from(value, recursive=True), 64 * len(text) + 1024)
             if type(value) is str and len(value) > SMALL:
                 return None, None, self._box(value)
         except NoMemory as e:

@@ -245,3 +245,25 @@ def test_simulate_accepts_a_lua_app(tmp_path):
     again = wqnb.simulate(app=tmp_path / "app.yaml", queue="app.queue:tasks", messages=200, arrival_rate=None).df
     cols = [c for c in df.columns if c != "msg_id"]
     assert df[cols].equals(again[cols])
+
+
+# -- Wippy's safe os on the runtime's clock (issue 12 §2) ------------------------------------------------
+def test_os_time_and_clock_follow_virtual_time(tmp_path):
+    """Wippy's task_handler.lua calls os.time(): on virtual time it is rt.unix_time() in
+    whole seconds, and os.clock() the virtual seconds (the runtime was started at t = 0)."""
+    src = textwrap.dedent("""\
+        local time = require("time")
+        return function(body)
+            time.sleep("1.5s")
+            return nil, string.format("%d %.3f %s", os.time(), os.clock(), os.date("%Y-%m-%dT%H:%M:%S"))
+        end
+        """)
+    rt = seed_app(
+        tmp_path, handler_src=src, modules=("time",), concurrency=1,
+        queue_extra="    dead_letter: {queue: app.queue:dead, max_attempts: 2}\n"
+                    "  - {name: dead, kind: queue.queue, driver: app.queue:memory_driver}",
+    )
+    run_virtual(run_app(rt, "app.queue:tasks", ["x"]))
+    nacks = events(rt, "nack")
+    assert list(nacks.error) == ["1767225601 1.500 2026-01-01T00:00:01", "1767225603 3.000 2026-01-01T00:00:03"]
+    assert list(nacks.t) == [1.5, 3.0]

@@ -454,3 +454,59 @@ def test_expr_policy_in_a_scope():
     scope = Scope([only_admins])
     assert allowed(scope, "app.queue:x", actor=Actor("a", {"role": "admin"}))
     assert not allowed(scope, "app.queue:x", actor=Actor("w", {"role": "worker"}))
+
+
+# -- the CLI switch ------------------------------------------------------------------------------
+CLI_HANDLER = """\
+import wqnb
+
+async def forward(body, message):
+    await message.publish("app.queue:results", body)
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_cli_run_strict_security(tmp_path, monkeypatch, capsys, strict):
+    import pandas as pd
+
+    from wqnb import cli
+
+    (tmp_path / "app.yaml").write_text(app_yaml())
+    (tmp_path / "sechandlers.py").write_text(CLI_HANDLER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["run", str(tmp_path / "app.yaml"), "--virtual", "--publish", "app.queue:tasks", '{"i": 1}',
+            "--handler", "app.queue:h=sechandlers:forward", "-o", str(tmp_path / "tl.csv")]
+    assert cli.main(argv + (["--strict-security"] if strict else [])) == 0, capsys.readouterr().err
+    df = pd.read_csv(tmp_path / "tl.csv")
+    published = df[(df.event == "publish") & (df.queue == "app.queue:results")]
+    nacks = df[df.event == "nack"]
+    if strict:
+        assert len(published) == 0 and list(nacks.error) == ["queue publishing not allowed"]
+    else:
+        assert len(published) == 1 and len(nacks) == 0
+
+
+def test_worker_strict_security(tmp_path, monkeypatch):
+    from wqnb.worker import WorkerOptions, run_worker
+
+    (tmp_path / "app.yaml").write_text(app_yaml())
+    (tmp_path / "sechandlers.py").write_text(CLI_HANDLER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    async def main() -> Any:
+        import asyncio
+
+        stop_ = asyncio.Event()
+
+        async def started(rt: wqnb.Runtime, _line: str) -> None:
+            await rt.publish("app.queue:tasks", {"i": 1})
+            await rt.drain(timeout=10)
+            stop_.set()
+
+        opts = WorkerOptions(app=[tmp_path / "app.yaml"], handlers=["app.queue:h=sechandlers:forward"],
+                             strict_security=True)
+        return await run_worker(opts, stop=stop_, started=started, signals=False)
+
+    result = wqnb.run_virtual(main())
+    df = result.timeline.df
+    assert list(df[df.event == "nack"].error) == ["queue publishing not allowed"]

@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--handler", action="append", default=[], metavar="FUNC=MODULE:ATTR",
                      help="use a Python callable for a function id")
     run.add_argument("--virtual", action="store_true", help="run on virtual time (sleeps cost no wall time)")
+    run.add_argument("--strict-security", action="store_true",
+                     help="refuse publishes from handlers whose consumer has no lifecycle.security actor and "
+                          "policies (Wippy's strict mode; also YAML security: {strict_mode: true})")
     run.add_argument("--timeout", type=_seconds, default=None,
                      help="seconds to wait for the queues to drain once every message is published (it does "
                           "not bound publishing itself, nor the consumers' stop_timeout after it; default 60; "
@@ -247,6 +250,8 @@ async def _run_app(args: argparse.Namespace) -> _RunOutcome:
     from .runtime import Runtime
 
     rt = Runtime.from_yaml(*args.app)
+    if args.strict_security:
+        rt.security.strict = True
     for item in args.handler:
         fid, sep, target = item.partition("=")
         if not sep:
@@ -391,6 +396,9 @@ def _worker_parsers(sub: Any) -> None:
     w.add_argument("--name", help="this process's name in merged timelines (default: host:pid)")
     w.add_argument("--handler", action="append", default=[], metavar="FUNC=MODULE:ATTR",
                    help="use a Python callable for a function id")
+    w.add_argument("--strict-security", action="store_true",
+                   help="refuse publishes from handlers whose consumer has no lifecycle.security actor and "
+                        "policies (Wippy's strict mode; also YAML security: {strict_mode: true})")
     w.add_argument("--checkpoint", type=_seconds, default=None, metavar="SECONDS",
                    help="also rewrite -o every SECONDS (a worker killed with -9 leaves its timeline so far)")
     w.add_argument("-o", "--output", type=Path, help="write the timeline (.csv or .parquet)")
@@ -414,7 +422,8 @@ def _worker(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.output is None:
         raise ValueError("--checkpoint needs -o (the file it rewrites)")
     opts = WorkerOptions(app=args.app, consumers=args.consumers, output=args.output, name=args.name,
-                         handlers=args.handler, checkpoint=args.checkpoint)
+                         handlers=args.handler, checkpoint=args.checkpoint,
+                         strict_security=args.strict_security)
     result = asyncio.run(run_worker(opts, started=print_ready))
     line = one_line(result.timeline)
     if args.output is not None:

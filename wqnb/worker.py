@@ -33,6 +33,7 @@ class WorkerOptions:
     name: str | None = None
     handlers: list[str] = field(default_factory=list)  # FUNC=MODULE:ATTR
     checkpoint: float | None = None  # seconds between timeline rewrites; None: only at the end
+    strict_security: bool = False  # --strict-security: handlers without actor and scope may not publish
 
 
 @dataclass
@@ -106,6 +107,8 @@ async def run_worker(opts: WorkerOptions, *, stop: asyncio.Event | None = None,
     from .runtime import Runtime
 
     rt = Runtime.from_yaml(*opts.app)
+    if opts.strict_security:
+        rt.security.strict = True
     if opts.name:
         rt.recorder.process = opts.name
     for item in opts.handlers:

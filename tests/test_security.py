@@ -510,3 +510,34 @@ def test_worker_strict_security(tmp_path, monkeypatch):
     result = wqnb.run_virtual(main())
     df = result.timeline.df
     assert list(df[df.event == "nack"].error) == ["queue publishing not allowed"]
+
+
+# -- docs/security.md ---------------------------------------------------------------------------
+def test_the_docs_example_runs_as_written():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "security.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
+    security_yaml, app = blocks[0], blocks[1]
+    expr_entry = blocks[2]
+    printed: list[str] = []
+
+    async def handler(body: str, message: wqnb.Delivery) -> None:
+        await message.publish("app.queue:results", body)
+        try:
+            await message.publish("app.queue:audit", body)
+        except wqnb.PermissionDenied as e:
+            printed.append(str(e))
+
+    rt = wqnb.Runtime(registry(security_yaml, app))
+    rt.register_function("app.queue:handler", handler)
+    wqnb.run_virtual(_run(rt, 2))
+    assert printed == ["not allowed to publish to queue: app.queue:audit"] * 2
+    assert len(_rows(rt, "publish", "app.queue:results")) == 2
+    assert len(_rows(rt, "publish", "app.queue:audit")) == 0
+    reg = registry("namespace: app.security\nentries:\n" + expr_entry)
+    admins = reg.entries["app.security:admins"]
+    assert admins.evaluate(Actor("a", {"role": "admin"}), "x", "y", {}) == "allow"
+    assert admins.evaluate(Actor("w", {"role": "worker"}), "queue.publish", "", {}) == "allow"
+    assert admins.evaluate(Actor("w", {"role": "worker"}), "queue.publish.queue", "q", {}) is None

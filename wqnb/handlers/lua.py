@@ -231,8 +231,6 @@ class LuaHandler:
 
     def _too_large(self, body: str | bytes) -> LuaHandlerError | None:
         n = len(body)
-        if self.max_memory - self._used() >= (4 * n if type(body) is str else n) + SLACK:
-            return None  # the common case: no encoding, no collection
         if type(body) is str:
             n = len(body.encode("utf-8", "surrogatepass"))
         if self._room(n):
@@ -268,9 +266,10 @@ class LuaHandler:
         return pending
 
     def _run(self, token: int, body: str | bytes) -> Coroutine[Any, Any, None] | None:
-        too_large = self._too_large(body)
-        if too_large is not None:
-            raise too_large
+        if self.max_memory - self._used() < 4 * len(body) + SLACK:  # (rare: then measure exactly)
+            too_large = self._too_large(body)
+            if too_large is not None:
+                raise too_large
         idle = self._idle
         slot = idle.pop() if idle else self._new_runner()
         try:

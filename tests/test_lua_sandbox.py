@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_lua_kit import PRELUDE, FakeServices, handler, lua_check, lua_nack, run
+from test_lua_kit import PRELUDE, FakeServices, handler, lua_check, lua_nack, run, spec
 
-from wqnb.handlers.lua import DEFAULT_INSTRUCTION_LIMIT, _new_lua
+from wqnb.handlers.lua import DEFAULT_INSTRUCTION_LIMIT, _new_lua, load_lua_function
 
 BUDGET = "instruction budget exceeded (1000000 instructions)"
 
@@ -77,6 +77,14 @@ def test_os_follows_the_runtimes_clock():
                 services)
     services.clock += 90.5
     assert str(run(h)) == "1767225690 90.50"
+
+
+def test_os_clock_reads_the_runtimes_timeline_clock_when_it_lends_one():
+    services = FakeServices()
+    lent = services.services()
+    lent.clock = lambda: 42.25
+    h = load_lua_function(spec(PRELUDE + "return function() return nil, tostring(os.clock()) end"), lent)
+    assert str(run(h)) == "42.25"
 
 
 def test_os_date_and_time_refuse_bad_arguments_as_lua_does():

@@ -83,3 +83,6 @@ class HandlerServices:
     now: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
     publish_denied: Callable[[Delivery | None, str], str | None] | None = None
+    #: Seconds on the runtime's clock since its timeline began (the timeline's ``t``), for
+    #: Lua's ``os.clock()``; None: counted from when the handler was built.
+    clock: Callable[[], float] | None = None

@@ -304,9 +304,13 @@ class Host:
         return int(self.services.now() * 1_000_000) * 1000
 
     def clock(self) -> float:
-        """``os.clock()``: seconds on the runtime's clock since this Lua runtime was made
-        (at ``start()``; on virtual time, the virtual seconds). Wippy's gopher-lua counts
-        from when its state started, too; Lua's own CPU time would make runs differ."""
+        """``os.clock()``: the timeline's ``t`` when the runtime lends ``services.clock``,
+        else seconds on the runtime's clock since this Lua runtime was made (at ``start()``;
+        on virtual time, the virtual seconds). Wippy's gopher-lua counts from when its state
+        started, too; Lua's own CPU time would make runs differ."""
+        clock = getattr(self.services, "clock", None)
+        if clock is not None:
+            return clock()
         return self._unix() - self._clock0
 
     @staticmethod

@@ -388,6 +388,9 @@ ENV = {"actor": {"id": "service:worker", "meta": {"role": "admin", "level": 3, "
     ('actor.meta.role != "worker" and actor.meta.level >= 3', True),
     ('actor.meta.level > 3 or resource == "app.queue:results"', True),
     ('not (actor.meta.level < 2)', True),
+    ('not false == true', True),
+    ('!true != false', False),
+    ('actor.id not in ["x", "not"]', True),
     ('!(actor.meta.level <= 3) || action == "queue.publish.queue"', True),
     ('actor.meta.role in ["admin", "root"]', True),
     ('"b" in actor.meta.tags && "c" not in actor.meta.tags', True),
@@ -437,6 +440,7 @@ def test_expr_refusal_is_a_load_error_naming_entry_and_field():
 
 def test_expr_errors_at_run_time_mean_the_policy_does_not_apply():
     for bad in ('actor.meta.role > 3', 'actor.meta.role and true', 'actor.meta.role',
+                'not actor.meta.role == "admin"',  # (not role) == "admin", as expr-lang reads it
                 'actor.meta.role.x == 1', '"a" in actor.id'):
         fn = compile_expression(bad)
         with pytest.raises(EvalError):

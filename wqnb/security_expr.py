@@ -9,7 +9,8 @@ expression ever reaches Python's ``eval``, attributes, or calls:
 * field paths from four roots: ``actor.id``, ``actor.meta.<key>...``, ``action``,
   ``resource``, ``meta.<key>...`` (a missing key reads as ``nil``);
 * comparisons ``== != < > <= >=``, ``in`` and ``not in`` (a list, or a map's keys);
-* ``and``/``&&``, ``or``/``||``, ``not``/``!``, parentheses.
+* ``and``/``&&``, ``or``/``||``, ``not``/``!`` (binding tighter than comparisons, as in
+  expr-lang), parentheses.
 
 Anything else (another name such as ``__import__``, a call ``f(x)``, indexing, a member
 of a literal, ``+``) is refused when the entry loads, with the position. At run time a
@@ -199,24 +200,26 @@ class _Parser:
         return left
 
     def and_(self) -> Node:
-        left = self.not_()
+        left = self.comparison()
         while self.at("and", "&&"):
             self.take()
-            right = self.not_()
+            right = self.comparison()
             left = _and(left, right)
         return left
 
-    def not_(self) -> Node:
+    def unary(self) -> Node:
+        """``not``/``!`` bind tighter than comparisons, as in expr-lang: ``not a == b`` is
+        ``(not a) == b`` (an evaluation error when ``a`` is not a boolean)."""
         if self.at("not", "!"):
             self.take()
             self.nest()
-            inner = self.not_()
+            inner = self.unary()
             self.depth -= 1
             return lambda env: not _bool(inner(env), "not")
-        return self.comparison()
+        return self.operand()
 
     def comparison(self) -> Node:
-        left = self.operand()
+        left = self.unary()
         kind, value, _ = self.peek()
         op = None
         if kind == "op" and value in ("==", "!=", "<", ">", "<=", ">="):
@@ -225,13 +228,13 @@ class _Parser:
         elif kind == "name" and value == "in":
             op = "in"
             self.take()
-        elif kind == "name" and value == "not" and self.toks[self.i + 1][1] == "in":
+        elif kind == "name" and value == "not" and self.toks[self.i + 1][:2] == ("name", "in"):
             op = "not in"
             self.take()
             self.take()
         if op is None:
             return left
-        right = self.operand()
+        right = self.unary()
         fn = _COMPARE[op]
         return lambda env: fn(left(env), right(env))
 

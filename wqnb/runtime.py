@@ -204,8 +204,12 @@ class Runtime:
                 continue
             entry = self.registry.entries[eid]
             if isinstance(entry, DriverEntry):
-                await self.drivers[eid].start()
-                await self._declare_queues(self.drivers[eid])
+                driver = self.drivers[eid]
+                await driver.start()
+                await self._declare_queues(driver)
+                on_drop = getattr(driver, "on_depth_drop", None)  # a broker's cached depth fell:
+                if on_drop is not None:  # drain() may be waiting on it
+                    on_drop(self._notify_settled)
             else:
                 route = self.routes[entry.queue]
                 if not route.declared:
@@ -312,6 +316,9 @@ class Runtime:
             for eid in reversed(self._started):
                 if eid in self.drivers:
                     await self.drivers[eid].stop()
+                    for route in self.routes.values():  # broker queues: declared again at start
+                        if route.driver is self.drivers[eid] and route.local is None:
+                            route.declared = False
             self._started = []
         finally:
             self.state = "stopped"

@@ -815,6 +815,9 @@ class AmqpDriver(Driver):
             # Already gone from the broker: republish (at the tail) rather than lose them.
             await self._publish(self._state(queue_id), list(messages), "release")
             return
+        for m in messages:
+            if m.attempt > 1:  # an attempt the wire may not carry (a nack kept by requeue)
+                self._remember_attempt(m)
         live = [m for m in messages if self._live(sub, m)]
         if sub is None or not live:
             return

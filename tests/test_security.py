@@ -261,6 +261,45 @@ def test_25_lua_handler_in_strict_mode_without_security():
     assert len(_rows(rt, "publish", "app.queue:tasks")) == 1  # host code is never checked
 
 
+def test_25_each_delivery_is_checked_as_its_own_consumer():
+    """Two consumers of one Lua function: the actor travels with the delivery, not the code."""
+    pytest.importorskip("lupa")
+    second = ("  - {name: tasks2, kind: queue.queue, driver: mem}\n"
+              "  - name: free\n    kind: queue.consumer\n    queue: tasks2\n    func: h\n"
+              "    lifecycle: {auto_start: true}\n")
+    rt = wqnb.Runtime(registry(RESULTS_ONLY, app_yaml(RESULTS_SECURITY) + LUA_HANDLER + second))
+
+    async def main() -> None:
+        await rt.start()
+        for q in ("app.queue:tasks", "app.queue:tasks2"):
+            await rt.publish(q, {"i": 1})
+        await rt.drain(timeout=30)
+        await rt.stop()
+
+    wqnb.run_virtual(main())
+    assert list(_rows(rt, "nack", "app.queue:tasks").error) == [
+        "Invalid: not allowed to publish to queue: app.queue:other"]
+    assert len(_rows(rt, "ack", "app.queue:tasks2")) == 1 and len(_rows(rt, "nack", "app.queue:tasks2")) == 0
+    assert len(_rows(rt, "publish", "app.queue:other")) == 1  # the free consumer's
+
+
+def test_message_publish_after_the_handler_returned_is_refused():
+    kept: list[wqnb.Delivery] = []
+
+    async def handler(body: str, message: wqnb.Delivery) -> None:
+        kept.append(message)
+
+    rt = wqnb.Runtime(registry(app_yaml()))
+    rt.register_function("app.queue:h", handler)
+
+    async def main() -> None:
+        await _run(rt, 1)
+        with pytest.raises(wqnb.MessageReleased):
+            await kept[0].publish("app.queue:results", "late")
+
+    wqnb.run_virtual(main())
+
+
 def _python_app(security: str = "", **kw: Any) -> tuple[wqnb.Runtime, list[str]]:
     refused: list[str] = []
 

@@ -282,8 +282,14 @@ class Runtime:
         """What handlers may use: publish, queue info, the clock."""
         return HandlerServices(
             publish=self.publish, queue_info=self.queue_info, now=self.unix_time, sleep=asyncio.sleep,
-            publish_denied=self._publish_denied,
+            publish_denied=self._publish_denied, clock=self._timeline_t,
         )
+
+    def _timeline_t(self) -> float:
+        """Seconds since the timeline began (its ``t``), on the runtime's clock."""
+        if self._loop is None:
+            return 0.0
+        return self._now() - (self.recorder.t0 or 0.0)
 
     def _publish_denied(self, delivery: Delivery | None, queue_id: str) -> str | None:
         """The security check of a handler's publish: None, or Wippy's refusal text."""

@@ -261,6 +261,38 @@ def test_25_lua_handler_in_strict_mode_without_security():
     assert len(_rows(rt, "publish", "app.queue:tasks")) == 1  # host code is never checked
 
 
+ORDER_HANDLER = """\
+  - name: h
+    kind: function.lua
+    modules: [queue]
+    source: |
+      local queue = require("queue")
+      return function(body)
+        local seen = {}
+        for _, args in ipairs({{}, {"app.queue:other"}, {"app.queue:results"}}) do
+          local ok, err = queue.publish(table.unpack(args))
+          seen[#seen + 1] = ok and "ok" or tostring(err)
+        end
+        return nil, table.concat(seen, " | ")
+      end
+"""
+
+
+@pytest.mark.parametrize("strict,security,expected", [
+    # Wippy's order: the general check before the arguments, the queue check before the data
+    (True, "", "queue publishing not allowed | queue publishing not allowed | queue publishing not allowed"),
+    (False, RESULTS_SECURITY, ("queue ID required | not allowed to publish to queue: app.queue:other | "
+                               "message data required")),
+    (False, "", "queue ID required | message data required | message data required"),
+])
+def test_25_lua_checks_come_in_wippys_order(strict, security, expected):
+    pytest.importorskip("lupa")
+    texts = [RESULTS_ONLY, app_yaml(security) + ORDER_HANDLER] if security else [app_yaml() + ORDER_HANDLER]
+    rt = wqnb.Runtime(registry(*texts), strict_security=strict)
+    wqnb.run_virtual(_run(rt, 1))
+    assert list(_rows(rt, "nack", "app.queue:tasks").error) == [expected]
+
+
 def test_25_each_delivery_is_checked_as_its_own_consumer():
     """Two consumers of one Lua function: the actor travels with the delivery, not the code."""
     pytest.importorskip("lupa")

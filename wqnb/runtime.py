@@ -291,7 +291,7 @@ class Runtime:
             return 0.0
         return self._now() - (self.recorder.t0 or 0.0)
 
-    def _publish_denied(self, delivery: Delivery | None, queue_id: str) -> str | None:
+    def _publish_denied(self, delivery: Delivery | None, queue_id: str | None) -> str | None:
         """The security check of a handler's publish: None, or Wippy's refusal text."""
         return self.security.denied(getattr(getattr(delivery, "_settle", None), "entry", None), queue_id)
 

@@ -503,10 +503,14 @@ class PublishGate:
             self._scopes[key] = ctx
         return ctx
 
-    def denied(self, entry: Any, queue_id: str) -> str | None:
+    def denied(self, entry: Any, queue_id: str | None) -> str | None:
+        """Both checks in order; ``queue_id=None``: only the general one (Lua asks it
+        before reading its arguments, as Wippy does)."""
         actor, scope = self._context(entry)
         if not check(actor, scope, "queue.publish", "", self.strict):
             return PUBLISH_DENIED
+        if queue_id is None:
+            return None
         if not check(actor, scope, "queue.publish.queue", queue_id, self.strict):
             return QUEUE_DENIED.format(queue_id)
         return None

@@ -82,7 +82,7 @@ class HandlerServices:
     queue_info: Callable[[str], dict[str, Any]]
     now: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
-    publish_denied: Callable[[Delivery | None, str], str | None] | None = None
+    publish_denied: Callable[[Delivery | None, str | None], str | None] | None = None
     #: Seconds on the runtime's clock since its timeline began (the timeline's ``t``), for
     #: Lua's ``os.clock()``; None: counted from when the handler was built.
     clock: Callable[[], float] | None = None

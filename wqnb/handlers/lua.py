@@ -168,7 +168,9 @@ class LuaHandler:
         ticks = -(-self.instruction_limit // TICK)
         try:
             K = lua.execute(
-                lua_source("kernel"), lua.table_from(self.host.callables()), ticks, TICK, self.time_limit,
+                lua_source("kernel"),
+                lua.table_from({**self.host.callables(), "publish_denied": self._check_publish}),
+                ticks, TICK, self.time_limit,
                 name="@wqnb/lua/kernel.lua", mode="t",
             )
             lua.execute(lua_source("errors"), K, name="@wqnb/lua/errors.lua", mode="t")
@@ -341,6 +343,18 @@ class LuaHandler:
         except LuaError as e:
             self._drop(slot)
             return (DEAD, str(e))
+
+    def _check_publish(self, token: int, queue_id: str | None) -> str | bool:
+        """``queue.publish``'s security checks, called from Lua in Wippy's order (None: only
+        the general one): False when allowed, else the refusal. Must not raise into Lua."""
+        fn = getattr(self.services, "publish_denied", None)
+        d = self._live.get(token)
+        if fn is None or d is None:
+            return False  # (unknown delivery: the check at the publish itself, in _publish, decides)
+        try:
+            return fn(d, queue_id) or False
+        except Exception as e:  # noqa: BLE001 - must not raise into Lua
+            return clip(f"security check failed: {e}", SMALL // 4)
 
     async def _publish(self, queue_id: str, body: Any, headers: Any, token: int = 0) -> tuple[Any, ...]:
         if self.services is None:

@@ -9,6 +9,17 @@ local utf8_len = utf8.len
 local new_error, op, pycall = K.new_error, K.op, K.pycall
 local OP_PUBLISH, OP_ACK, OP_NACK = K.OP_PUBLISH, K.OP_ACK, K.OP_NACK
 local py_info, py_msg = K.host.queue_info, K.host.msg
+local py_denied = K.host.publish_denied
+
+-- The consumer's lifecycle.security, where Wippy checks it: queue.publish on "" before the
+-- arguments are read, queue.publish.queue once the id is known (RT runtime/lua/modules/
+-- queue/module.go). (Python checks again when the publish is made, on its own delivery.)
+local function denied(qid)
+  local st = K.current()
+  local refusal, failure = pycall(py_denied, st and st.token or 0, qid)
+  if refusal == false then return nil end
+  return new_error("Invalid", refusal or failure)
+end
 
 local function invalid(text) return nil, new_error("Invalid", text) end
 
@@ -25,11 +36,16 @@ local queue = {}
 
 --- queue.publish(queue_id, data, headers?) -> true | nil, err
 function queue.publish(...)
+  local refused = denied(nil)
+  if refused then return nil, refused end
   local n = select("#", ...)
   if n == 0 then return invalid("queue ID required") end
   local qid, data, headers = ...
   qid = queue_id("publish", qid)
   if qid == "" then return invalid("queue ID required") end
+  if not utf8_len(qid) then return invalid("queue ID must be UTF-8 text") end
+  refused = denied(qid)
+  if refused then return nil, refused end
   if n < 2 then return invalid("message data required") end
   local td = type(data)
   local body = data
@@ -45,7 +61,6 @@ function queue.publish(...)
   elseif td ~= "number" and td ~= "boolean" and td ~= "nil" then
     body = nil  -- Wippy turns functions and other userdata into nil
   end
-  if not utf8_len(qid) then return invalid("queue ID must be UTF-8 text") end
   if type(headers) ~= "table" then headers = nil end
   local ok, kind, message, context = op(OP_PUBLISH, qid, body, headers)
   if ok then return true end

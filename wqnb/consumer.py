@@ -261,6 +261,17 @@ class Consumer:
 
         def admit(got: list[Message]) -> None:
             t = now()
+            if len(got) == 1 and not broker:  # the commonest case in a busy pipeline, written out
+                m = got[0]
+                buffer.append(m)
+                self.unsettled += 1
+                write(pk(t, m.seq, m.attempt, len(ready), len(buffer), self.busy, self.unsettled))
+                while idle:
+                    f = idle.popleft()
+                    if not f.done():
+                        f.set_result(None)
+                        return
+                return
             depth = len(ready) + len(got)
             for m in got:
                 buffer.append(m)
@@ -362,7 +373,7 @@ class Consumer:
         idle = self._idle
         top_up, on_ready = self._top_up, self._on_ready
         notify = self._local.notify if self._local is not None else None
-        current, abandoned, retire = self._current, self._abandoned, self._retire
+        current, abandoned, retire, cycling = self._current, self._abandoned, self._retire, self.cycling
         yield_after = float("inf") if self._virtual else YIELD_AFTER
         last_yield = now()
         me = asyncio.current_task()
@@ -452,8 +463,8 @@ class Consumer:
                                      self.unsettled))
                         if not self.unsettled and draining():
                             settled()
-                        if self.cycling:
-                            self.cycling.pop(msg.id, None)
+                        if cycling:
+                            cycling.pop(msg.id, None)
                     else:
                         await self._ack_msg(msg, w)
             if not started & 63 or t - last_yield > yield_after:

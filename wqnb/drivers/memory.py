@@ -35,13 +35,17 @@ class MemoryQueue:
     lose a message). Push callbacks are served first.
     """
 
-    __slots__ = ("spec", "capacity", "ready", "_pushers", "_takers", "_putters")
+    __slots__ = ("spec", "capacity", "ready", "_pushers", "_takers", "_putters", "notify")
 
     def __init__(self, spec: QueueSpec) -> None:
         self.spec = spec
         self.capacity = spec.max_length if spec.max_length is not None else MAX_LENGTH_DEFAULT
         self.ready: deque[Message] = deque()
         self._pushers: deque[Callable[[], None]] = deque()
+        #: ``notify(callback)``: call ``callback()`` once, synchronously, when a message is
+        #: ready. The deque's own ``append`` (a C call: a consumer registers on every
+        #: message it finds the queue empty for).
+        self.notify: Callable[[Callable[[], None]], None] = self._pushers.append
         self._takers: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
 
@@ -72,10 +76,6 @@ class MemoryQueue:
         self.ready.append(message)
         if self._pushers or self._takers:
             self.wake()
-
-    def notify(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once, synchronously, when a message is ready."""
-        self._pushers.append(callback)
 
     def cancel_notify(self, callback: Callable[[], None]) -> None:
         try:

@@ -56,7 +56,10 @@ def test_21_without_actor_or_scope_allowed_unless_strict():
         assert check(actor, sc, "queue.publish", "", strict=True) is False
     gate = PublishGate({}, strict=True)
     assert gate.denied(None, "app.queue:tasks") == "queue publishing not allowed"
-    assert PublishGate({}, strict=False).denied(None, "app.queue:tasks") is None
+    gate = PublishGate({}, strict=False)
+    assert gate.denied(None, "app.queue:tasks") is None
+    gate.strict = True  # (answers are cached: a change of mode forgets them)
+    assert gate.denied(None, "app.queue:tasks") == "queue publishing not allowed"
 
 
 # -- 22: the two checks ---------------------------------------------------------------------------

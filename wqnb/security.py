@@ -485,12 +485,31 @@ class PublishGate:
 
     ``denied(consumer_entry, queue_id)`` returns None when allowed, else Wippy's text.
     ``consumer_entry`` is None for a handler without a consumer (then only strict mode
-    matters). Scopes are built once per consumer entry. Host code is never checked."""
+    matters). Scopes are built once per consumer entry. Host code is never checked.
+
+    A publish check depends only on the consumer (its actor and scope), the queue id and
+    ``strict`` (``meta`` is empty), so answers are kept: the first check of a pair costs
+    the policies' evaluation (about 10 µs for two conditioned policies), the next ones a
+    dict lookup. At most MAX_CACHED answers are kept (a handler publishing to ever new ids
+    cannot grow it without bound)."""
+
+    MAX_CACHED = 4096
 
     def __init__(self, entries: Mapping[str, Any], strict: bool = False) -> None:
         self.entries = entries
-        self.strict = strict
+        self._strict = strict
         self._scopes: dict[str, tuple[Actor | None, Scope | None]] = {}
+        self._answers: dict[tuple[str, str | None], str | None] = {}
+
+    @property
+    def strict(self) -> bool:
+        """Strict mode: no actor or no scope means no publishing."""
+        return self._strict
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        self._strict = bool(value)
+        self._answers.clear()
 
     def _context(self, entry: Any) -> tuple[Actor | None, Scope | None]:
         if entry is None:
@@ -506,6 +525,17 @@ class PublishGate:
     def denied(self, entry: Any, queue_id: str | None) -> str | None:
         """Both checks in order; ``queue_id=None``: only the general one (Lua asks it
         before reading its arguments, as Wippy does)."""
+        key = (getattr(entry, "id", ""), queue_id)
+        answers = self._answers
+        if key in answers:
+            return answers[key]
+        answer = self._decide(entry, queue_id)
+        if len(answers) >= self.MAX_CACHED:
+            answers.clear()
+        answers[key] = answer
+        return answer
+
+    def _decide(self, entry: Any, queue_id: str | None) -> str | None:
         actor, scope = self._context(entry)
         if not check(actor, scope, "queue.publish", "", self.strict):
             return PUBLISH_DENIED

@@ -2,7 +2,9 @@
 
 Moving the concurrency slider must reach the kernel, re-run the simulation and come back
 as a new summary table and a new figure, drawn at twice its CSS size and unstretched;
-pressing a Replay's Play must move its frame. Uses Debian's Chromium (``/usr/bin/chromium``;
+pressing a Replay's Play must move its frame. And JupyterLab runs notebook 06 with Run
+All: its LiveMonitor redraws while the cells publish, and is still live (running, its
+Publish button works) when the last cell has run. Uses Debian's Chromium (``/usr/bin/chromium``;
 never a browser download) and skips, saying why, only where Chromium is absent.
 """
 
@@ -120,5 +122,96 @@ def test_moving_concurrency_changes_summary_and_figure_and_replay_plays(voila_ur
             page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
             if os.environ.get("WQNB_SCREENSHOT"):
                 page.screenshot(path=os.environ["WQNB_SCREENSHOT"], full_page=True)
+        finally:
+            browser.close()
+
+
+# -- JupyterLab: notebook 06 under Run All ------------------------------------------------
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture
+def lab_url(free_tcp_port, tmp_path):
+    pytest.importorskip("jupyterlab")
+    port = free_tcp_port
+    work = tmp_path / "lab"
+    work.mkdir()
+    (work / "06-live.ipynb").write_bytes((NOTEBOOKS / "06-live.ipynb").read_bytes())
+    # every cell in the page (JupyterLab 4 renders only the visible ones by default)
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    log = open(tmp_path / "lab.log", "w+")  # noqa: SIM115 - closed in finally
+    env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "MPLBACKEND": "Agg",
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", "--ServerApp.password=",
+         "--allow-root", "--expose-app-in-browser", f"--ServerApp.root_dir={work}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"jupyter lab did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/lab/tree/06-live.ipynb"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_live_monitor_in_06_updates_under_run_all_and_stays_live(lab_url, chromium_executable,
+                                                                 tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_executable, headless=True,
+                                    args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(lab_url, wait_until="domcontentloaded", timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                                   " && document.querySelector('.jp-Notebook')",
+                                   timeout=120_000)
+            page.wait_for_function(  # the kernel is up and idle
+                "() => { const w = window.jupyterapp.shell.currentWidget;"
+                " const k = w && w.sessionContext && w.sessionContext.session"
+                " && w.sessionContext.session.kernel;"
+                " return k && k.status === 'idle'; }", timeout=120_000)
+            # (not awaited: the command's promise settles only when every cell has run)
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+            status = page.locator(".wqnb-live .wqnb-status").first
+            # the monitor redraws while the cells below it publish: its counts go up
+            expect(status).to_contain_text("published 150", timeout=120_000)
+            img = page.locator(".wqnb-live .wqnb-figure").first
+            expect(img).to_have_attribute("src", re.compile("^blob:|^data:"), timeout=30_000)
+            # at the end of Run All the first monitor still follows a running runtime,
+            # and its buttons still work
+            expect(page.locator(".jp-OutputArea-output", has_text="asked for: 450")
+                   ).to_be_visible(timeout=120_000)  # the cells after it have run
+            assert "runtime running" in status.inner_text()
+            button = page.locator(".wqnb-live").first.locator("button", has_text="Publish burst")
+            assert button.is_enabled()
+            before = img.get_attribute("src")
+            button.click()
+            expect(status).to_contain_text("published 300", timeout=60_000)
+            page.wait_for_function(
+                "(b) => { const i = document.querySelector('.wqnb-live .wqnb-figure');"
+                " return i && i.src !== b; }", arg=before, timeout=30_000)
+            page.screenshot(path=str(tmp_path / "live.png"), full_page=True)
         finally:
             browser.close()

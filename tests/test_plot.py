@@ -304,12 +304,12 @@ def test_legends_never_cover_data():
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     checked = 0
-    for ax in fig.axes[:3]:  # the Gantt and the two gauge panels
+    for ax in fig.axes[:4]:  # the Gantt, the two gauge panels and the latency histogram
         legend = ax.get_legend()
         assert legend is not None
         assert not _bbox_overlap(legend.get_window_extent(renderer), ax.get_window_extent(renderer))
         checked += 1
-    assert checked == 3
+    assert checked == 4
     ax = plot.gantt(run)
     ax.figure.canvas.draw()
     r = ax.figure.canvas.get_renderer()

@@ -555,9 +555,10 @@ def latency(
     ax: Axes | None = None,
     bins: int = 40,
     logx: bool = False,
-    legend: bool = True,
+    legend: bool | str = True,
 ) -> Axes:
     """Where each delivery spent its time: in the queue, in the prefetch buffer, in service.
+    (``legend="above"``: a short legend in a row above the axes.)
 
     ``kind="hist"`` draws the three distributions as step histograms on shared bins;
     ``kind="cdf"`` draws their empirical CDFs (fraction of deliveries ≤ x), where the
@@ -599,7 +600,13 @@ def latency(
         ax.set_xscale("log")
     ax.set_xlabel("time (s)")
     ax.set_title("latency split: queue, buffer, service", loc="left", fontsize="medium")
-    if legend and len(allv):
+    if legend == "above" and len(allv):  # in a row above the axes: never over the bars
+        short = {label: label.removeprefix("in the ").removeprefix("in ").replace("prefetch ", "")
+                 for label, _ in _SPLIT.values()}
+        handles, labels = ax.get_legend_handles_labels()
+        _legend_above(ax, [Line2D([], [], color=h.get_edgecolor(), lw=1.5, label=short[lab])
+                           for h, lab in zip(handles, labels, strict=True)])
+    elif legend and len(allv):
         ax.legend(fontsize="small", loc="upper right" if kind == "hist" else "lower right")
     return ax
 
@@ -981,7 +988,8 @@ def overview(
         gauges(tl, consumer, which=("buffered", "busy", "unsettled"), ax=ax_c, waits=False,
                legend="above")
         ax_c.set_title("consumer", loc="left", fontsize="medium")
-        latency(tl, consumer, kind="hist", ax=ax_h)
+        latency(tl, consumer, kind="hist", ax=ax_h, legend="above")
+        ax_h.set_title("latency split", loc="left", fontsize="medium")
         latency(tl, consumer, kind="cdf", ax=ax_cdf)
         ax_cdf.set_title("latency split, CDF", loc="left", fontsize="medium")
     finally:

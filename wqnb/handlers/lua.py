@@ -1,7 +1,8 @@
 """Lua handlers (``function.lua``) on lupa's Lua 5.4: load, sandbox, budget, and the bridge
 between a Lua coroutine and asyncio.
 
-How a delivery runs: each Lua runtime (one per function entry) keeps a pool of *runner*
+How a delivery runs: each Lua runtime (one per consumer: the runtime builds a handler for
+each consumer it starts, see docs/lua.md) keeps a pool of *runner*
 coroutines. Python resumes a runner with the message body; the handler runs until it
 returns (ack), returns ``nil, err`` (nack), raises (nack), or calls something that must
 wait (``time.sleep``, ``queue.publish``, ``msg:ack()``). Waiting is a ``yield`` to this

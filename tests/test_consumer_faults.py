@@ -379,3 +379,40 @@ def test_update_consumer_adds_and_retires_workers_and_shrinks_the_buffer():
     requeued = df[df["event"] == "requeue"]
     assert len(requeued) >= 1  # the handed-back excess is recorded
     assert [ch[1:] for ch in tl.consumers[C].changes] == [(5, 6), (5, 2), (1, 2)]
+
+
+# -- issue 12 §5 (docs): one Lua runtime per consumer ---------------------------------------------------
+def test_two_consumers_of_one_lua_function_keep_their_own_globals():
+    pytest.importorskip("lupa")
+
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string("""
+namespace: app
+entries:
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: a, kind: queue.queue, driver: mem}
+  - {name: b, kind: queue.queue, driver: mem}
+  - {name: out, kind: queue.queue, driver: mem}
+  - name: count
+    kind: function.lua
+    modules: [queue]
+    source: |
+      local queue = require("queue")
+      return function(body)
+        n = (n or 0) + 1  -- a global: kept between deliveries of one runtime
+        queue.publish("app:out", body .. "=" .. n)
+      end
+  - {name: ca, kind: queue.consumer, queue: a, func: count, lifecycle: {auto_start: true}}
+  - {name: cb, kind: queue.consumer, queue: b, func: count, lifecycle: {auto_start: true}}
+""")
+        await rt.start()
+        for q, k in (("app:a", 3), ("app:b", 2)):
+            for i in range(k):
+                await rt.publish(q, f"{q[-1]}{i}")
+        await rt.drain()
+        await rt.stop()
+        return [m.body for m in rt.drivers["app:mem"].local("app:out").ready]
+
+    out = virtual(main)
+    # each consumer counts its own deliveries: one runtime (and one set of globals) each
+    assert sorted(out) == ["a0=1", "a1=2", "a2=3", "b0=1", "b1=2"]

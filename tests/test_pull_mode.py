@@ -13,12 +13,13 @@ import asyncio
 import pytest
 
 import wqnb
+import wqnb.registry
 from _reference_driver import ReferenceDriver
 from wqnb.runtime import DRIVERS
 
 
 class PullDriver(ReferenceDriver):
-    kind = "queue.driver.redis"  # stands in for a broker in this test
+    """The reference driver, counting its fetches."""
 
     def __init__(self, id, options=None):
         super().__init__(id, options)
@@ -37,7 +38,7 @@ class PullDriver(ReferenceDriver):
 APP = """
 namespace: t
 entries:
-  - {name: d, kind: queue.driver.redis, lifecycle: {auto_start: true}}
+  - {name: d, kind: queue.driver.reference, lifecycle: {auto_start: true}}
   - {name: q, kind: queue.queue, driver: t:d, options: {max_length: 20}}
   - name: c
     kind: queue.consumer
@@ -51,7 +52,8 @@ entries:
 
 @pytest.fixture
 def pull_driver(monkeypatch):
-    monkeypatch.setitem(DRIVERS, "queue.driver.redis", PullDriver)
+    monkeypatch.setattr(wqnb.registry, "DRIVER_KINDS", (*wqnb.registry.DRIVER_KINDS, PullDriver.kind))
+    monkeypatch.setitem(DRIVERS, PullDriver.kind, PullDriver)
     return PullDriver
 
 

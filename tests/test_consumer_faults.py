@@ -416,3 +416,28 @@ entries:
     out = virtual(main)
     # each consumer counts its own deliveries: one runtime (and one set of globals) each
     assert sorted(out) == ["a0=1", "a1=2", "a2=3", "b0=1", "b1=2"]
+
+
+# -- issue 13 §5: an interrupted drain says the runtime is still running, and how to stop it ---------
+def test_an_interrupted_drain_says_how_to_stop_the_runtime(caplog):
+    async def slow(body):
+        await asyncio.sleep(10)
+
+    async def main():
+        rt = _rt(slow)
+        await rt.start()
+        await rt.publish(Q, "x")
+        cell = asyncio.create_task(rt.drain())
+        await asyncio.sleep(1)
+        cell.cancel()  # what Jupyter's interrupt does to the awaiting cell
+        with pytest.raises(asyncio.CancelledError):
+            await cell
+        state = rt.state
+        await rt.stop()
+        return state
+
+    with caplog.at_level(logging.WARNING, logger="wqnb.runtime"):
+        state = virtual(main)
+    assert state == "running"
+    [rec] = [r for r in caplog.records if "drain() was interrupted" in r.getMessage()]
+    assert "await rt.stop()" in rec.getMessage() and "1 unsettled" in rec.getMessage()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import socket
 import threading
@@ -42,6 +43,8 @@ from .security import PublishGate
 from .timeline import ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
+
+_log = logging.getLogger("wqnb.runtime")
 
 T = TypeVar("T")
 
@@ -542,6 +545,15 @@ class Runtime:
             await self._drain(loop, timeout)
         except TimeoutError:
             raise TimeoutError(self._drain_timeout_text(timeout)) from None
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # An interrupted notebook cell: the runtime lives on the kernel's loop and keeps
+            # consuming (that is what a live runtime does); say so, and how to stop it.
+            if self.state == "running":
+                busy = ", ".join(f"{c.id} ({c.unsettled} unsettled, {c.route.depth()} ready)"
+                                 for c in self.consumers.values() if c.running)
+                _log.warning("drain() was interrupted; the runtime is still running (%s). "
+                             "Run `await rt.stop()` to stop it: nothing is lost.", busy or "no consumers")
+            raise
 
     def _drain_timeout_text(self, timeout: float | None) -> str:
         """What ``drain`` was still waiting for: unsettled counts, and the messages that go

@@ -336,3 +336,33 @@ def test_explorer_and_sweep_images_are_crisp_and_unstretched():
                executor="serial")
     sw.run()
     assert_crisp(sw.image, sw.figure)
+
+
+def test_live_monitor_sliders_change_the_running_consumer():
+    gate = asyncio.Event()
+
+    async def handler(body):
+        await gate.wait()
+
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string(LIVE_APP.replace("max_length: 5", "max_length: 50"))
+        rt.register_function("live:handler", handler)
+        await rt.start()
+        mon = LiveMonitor(rt, interval=0.01)
+        c = rt.consumers["live:workers"]
+        assert (mon.concurrency.value, mon.prefetch.value) == (2, 3)
+        await mon.publish_burst(20)
+        await until(lambda: c.busy == 2 and len(c.buffer) == 3)
+        mon.concurrency.value = 6  # a class moves the knob on a live system
+        await until(lambda: c.busy == 6)
+        mon.prefetch.value = 1
+        await until(lambda: len(c.buffer) <= 1 and mon.updates == 2)
+        gate.set()
+        await rt.drain(timeout=10)
+        await mon.stop()
+        assert mon.concurrency.disabled and mon.prefetch.disabled
+        return rt.timeline
+
+    tl = asyncio.run(main())
+    assert [ch[1:] for ch in tl.consumers["live:workers"].changes] == [(6, 3), (6, 1)]
+    assert (tl.df["event"] == "ack").sum() == 20

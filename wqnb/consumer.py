@@ -559,8 +559,9 @@ class Consumer:
         self.cycling[msg.id] = (msg.attempt, error)
         if msg.attempt in POISON_MARKS:
             log.warning(
-                "message %s on %s has failed %d times (last error: %s); give the queue a dead_letter "
-                "or the consumer a requeue_delay", msg.id, self.route.queue_id, msg.attempt, error,
+                "message %s on %s has failed %d times (last error: %s); it goes round until it is "
+                "acked: give the queue a dead_letter {queue, max_attempts} to set it aside",
+                msg.id, self.route.queue_id, msg.attempt, error,
                 extra={"consumer": self.id, "queue": self.route.queue_id, "msg_id": msg.id,
                        "attempts": msg.attempt, "error": error},
             )

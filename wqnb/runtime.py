@@ -570,8 +570,8 @@ class Runtime:
                 more = f" and {len(cycling) - 5} more" if len(cycling) > 5 else ""
                 parts.append(f"{c.id}: messages still cycling: {shown}{more}")
         detail = ". ".join(parts) if parts else "the broker still reports messages"
-        return (f"drain timed out after {timeout:g} s: {detail}. A handler that always fails cycles forever "
-                "unless the queue has a dead_letter (or the consumer a requeue_delay)")
+        return (f"drain timed out after {timeout:g} s: {detail}. A message whose handler always fails "
+                "goes round forever unless its queue has a dead_letter {queue, max_attempts}")
 
     async def _drain(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         async with asyncio.timeout(timeout):

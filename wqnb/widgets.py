@@ -524,7 +524,9 @@ class LiveMonitor:
     :func:`wqnb.plot.backpressure` from ``rt.timeline`` for one consumer. *Publish* sends
     ``burst`` messages to the consumer's queue with ``await rt.publish`` — so once the
     queue is full the burst waits, and you see the publisher blocked — and *Stop* stops
-    the runtime gracefully and draws the final picture.
+    the runtime gracefully and draws the final picture. The *concurrency* and *prefetch*
+    sliders change the running consumer (``rt.update_consumer``): move a knob on a live
+    system and watch the gauges answer.
 
     Create it in a notebook cell while the runtime runs (after ``await rt.start()``); it
     starts an asyncio task on the running loop and returns at once.
@@ -561,8 +563,18 @@ class LiveMonitor:
                                     button_style="danger")
         self.status = W.HTML().add_class("wqnb-status")
         self.image = figure_image()
+        live = rt.consumers.get(self.consumer) if self.consumer else None
+        self.concurrency = W.IntSlider(value=live.concurrency if live else 1, min=1, max=64,
+                                       description="concurrency", style=_STYLE, continuous_update=False)
+        self.prefetch = W.IntSlider(value=live.prefetch if live else 1, min=1, max=500,
+                                    description="prefetch", style=_STYLE, continuous_update=False)
+        for knob in (self.concurrency, self.prefetch):
+            knob.disabled = live is None
+            knob.observe(lambda _change: self.apply_knobs(), names="value")
+        self.updates = 0
         self.widget = W.VBox([
-            W.HBox([self.burst, self.publish_button, self.stop_button]), self.status,
+            W.HBox([self.burst, self.publish_button, self.stop_button]),
+            W.HBox([self.concurrency, self.prefetch]), self.status,
             self.image,
         ]).add_class("wqnb-live")
         self.publish_button.on_click(lambda _b: self.publish_burst())
@@ -632,11 +644,28 @@ class LiveMonitor:
 
         return self._spawn(go())
 
+    def apply_knobs(self) -> asyncio.Task[None] | None:
+        """Apply the sliders to the running consumer (as a task); None when nothing changes."""
+        consumer = self.rt.consumers.get(self.consumer) if self.consumer else None
+        if consumer is None or not consumer.running:
+            return None
+        c, p = int(self.concurrency.value), int(self.prefetch.value)
+        if (c, p) == (consumer.concurrency, consumer.prefetch):
+            return None
+
+        async def go() -> None:
+            await self.rt.update_consumer(self.consumer, concurrency=c, prefetch=p)
+            self.updates += 1
+            self.refresh(force=True)
+
+        return self._spawn(go())
+
     def stop(self) -> asyncio.Task[None]:
         """Stop the runtime gracefully (as a task), then stop following it."""
         if self.stopping is None:
             self.publish_button.disabled = True
             self.stop_button.disabled = True
+            self.concurrency.disabled = self.prefetch.disabled = True
 
             async def go() -> None:
                 # bursts still publishing stop first: nothing is published into a

@@ -112,6 +112,35 @@ poison = tl.df.loc[tl.df["event"] == "dead_letter", "msg_id"].iloc[0]
 ax = plot.gantt(tl, highlight=poison)
 
 # %% [markdown]
+# ## A poison message with no dead-letter queue: seen, not looped forever unseen
+#
+# Wippy sets no delivery limit, and neither does wqnb: without `dead_letter` the poison
+# message goes round for ever. But not unseen. Logger `wqnb.consumer` warns once when its
+# deliveries reach 10, 100, 1000…; `drain(timeout=…)` fails naming the messages still
+# cycling, with their attempts and last error; `summary()` counts them as
+# `poison_messages`. (Orders get ids of their own here: `publish(..., id="order-13")`.)
+
+# %%
+NO_DLQ = (APP.replace("    dead_letter: {queue: shop:orders_dead, max_attempts: 3}\n", "")
+             .replace("    prefetch: 5\n", "    prefetch: 5\n    requeue_delay: 100ms\n"))
+
+async def poison_run():
+    rt = wqnb.Runtime.from_yaml_string(NO_DLQ)
+    rt.register_function("shop:handle_order", handle_order)
+    await rt.start()
+    for i in (12, 13, 14):
+        await rt.publish("shop:orders", {"id": i}, id=f"order-{i}")
+    try:
+        await rt.drain(timeout=3)
+    except TimeoutError as e:
+        print(e)
+    await rt.stop()
+    return rt.timeline
+
+tl = wqnb.run_virtual(poison_run())
+print("poison messages:", int(tl.summary()["poison_messages"]))
+
+# %% [markdown]
 # ## A requeue delay
 #
 # Retrying at once hammers whatever failed. The consumer's `requeue_delay` waits before
@@ -159,8 +188,10 @@ last.value_counts()
 
 # %%
 s = tl.summary()
-ready = (last != "ack").sum()
-print(f"published {s['published']:.0f} = acked {s['acked']:.0f} + back in the queue {ready}")
+ready = last.isin(["publish", "requeue"]).sum()
+never = (last == "publish_cancelled").sum()  # a publish still waiting at the stop: never stored
+print(f"published {s['published']:.0f} = acked {s['acked']:.0f} + back in the queue {ready}"
+      + (f" ({never} more were still waiting to be published)" if never else ""))
 handed_back = tl.df[(tl.df["event"] == "requeue") & (tl.df["t"] >= 5.0)]
 print(f"{len(handed_back)} buffered messages were handed back when the consumer stopped")
 

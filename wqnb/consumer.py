@@ -110,9 +110,9 @@ class Consumer:
         self._watching = False
         route = self.route
         self._local = route.local
-        self._admit = self._make_admit()
+        self._admit = self._make_intake()
         if self._local is not None:
-            self._on_ready = self._push_callback(self._local)
+            self._on_ready = self._admit
         else:
             await route.driver.subscribe(
                 route.queue_id, prefetch=self.prefetch, concurrency=self.concurrency,
@@ -248,68 +248,70 @@ class Consumer:
             self._interrupted.append((self._starts + 1 + w, w, msg.next_attempt() if self._local else msg))
 
     # -- intake ---------------------------------------------------------------------------
-    def _make_admit(self) -> Callable[[list[Message]], None]:
-        """The one intake routine: messages just taken from the queue enter the buffer,
-        one ``deliver`` row each (the gauges after each), then idle workers are woken.
+    def _make_intake(self) -> Callable[..., None]:
+        """The one intake routine: free room → take → deliver → wake.
+
+        ``intake()`` (an in-process queue's push callback, and what a worker calls when it
+        frees a slot and sees a backlog) takes what fits from the local queue itself;
+        ``intake(got)`` (the fetcher task, brokers) admits what a fetch returned. Either
+        way each message enters the buffer with one ``deliver`` row (the gauges after
+        it), idle workers are woken, and an in-process queue is watched again or its
+        signal passed on.
 
         A closure over what it reads: in a busy pipeline it runs for every message, and
-        local names cost less than ``self.`` lookups."""
+        local names cost less than ``self.`` lookups (the buffer bound is a one-cell list,
+        so that ``update(prefetch=)`` reaches it)."""
         buffer, idle, ready, write, now = self.buffer, self._idle, self.route.ready, self._write, self._now
+        limit = self._limit
         pk = self._rec.packer(EV_DELIVER, self.route.qi, self._ci)
         pk_again = self._rec.packer(EV_DELIVER, self.route.qi, self._ci, redelivered=True)
-        broker = self._local is None  # only broker messages carry ``redelivered``
+        local = self._local
+        broker = local is None  # only broker messages carry ``redelivered``
+        take, notify, wake = (local.take_nowait, local.notify, local.wake) if local is not None else (None, None, None)
 
-        def admit(got: list[Message]) -> None:
-            t = now()
-            if len(got) == 1 and not broker:  # the commonest case in a busy pipeline, written out
-                m = got[0]
-                buffer.append(m)
-                self.unsettled += 1
-                write(pk(t, m.seq, m.attempt, len(ready), len(buffer), self.busy, self.unsettled))
-                while idle:
-                    f = idle.popleft()
-                    if not f.done():
-                        f.set_result(None)
-                        return
-                return
-            depth = len(ready) + len(got)
-            for m in got:
-                buffer.append(m)
-                self.unsettled += 1
-                depth -= 1
-                write((pk_again if broker and m.redelivered else pk)(
-                    t, m.seq, m.attempt, depth, len(buffer), self.busy, self.unsettled))
-            n = len(got)
-            while idle and n:
-                f = idle.popleft()
-                if not f.done():
-                    f.set_result(None)
-                    n -= 1
-        return admit
-
-    def _push_callback(self, local: LocalQueue) -> Callable[[], None]:
-        """In-process queues: what the queue calls, once, when messages are ready (and
-        what a worker calls when it frees a slot and sees a backlog): take what fits,
-        admit it, then watch again or pass the signal on."""
-        buffer, limit, admit = self.buffer, self._limit, self._admit
-        ready, take, notify, wake = local.ready, local.take_nowait, local.notify, local.wake
-
-        def on_push() -> None:
-            self._watching = False
-            if self._closing:
-                return
-            room = limit[0] - len(buffer)
-            if room <= 0:
-                return
-            got = take(room)
+        def intake(got: list[Message] | None = None) -> None:
+            room = 0
+            if got is None:  # an in-process queue: take what fits now
+                self._watching = False
+                if self._closing:
+                    return
+                room = limit[0] - len(buffer)
+                if room <= 0:
+                    return
+                got = take(room)  # type: ignore[misc]
             if got:
-                admit(got)
-            if len(got) < room:
-                self._watching = True
-                notify(on_push)
-            elif ready:
-                wake()  # messages left: another waiting consumer may take them
-        return on_push
+                t = now()
+                if len(got) == 1 and not broker:  # the commonest case in a busy pipeline, written out
+                    m = got[0]
+                    buffer.append(m)
+                    self.unsettled += 1
+                    write(pk(t, m.seq, m.attempt, len(ready), len(buffer), self.busy, self.unsettled))
+                    while idle:
+                        f = idle.popleft()
+                        if not f.done():
+                            f.set_result(None)
+                            break
+                else:
+                    depth = len(ready) + len(got)
+                    for m in got:
+                        buffer.append(m)
+                        self.unsettled += 1
+                        depth -= 1
+                        write((pk_again if broker and m.redelivered else pk)(
+                            t, m.seq, m.attempt, depth, len(buffer), self.busy, self.unsettled))
+                    n = len(got)
+                    while idle and n:
+                        f = idle.popleft()
+                        if not f.done():
+                            f.set_result(None)
+                            n -= 1
+            if room:  # after our rows, so that rows and depths stay in order
+                if len(got) < room:
+                    self._watching = True
+                    notify(intake)  # type: ignore[misc]
+                elif ready:
+                    wake()  # type: ignore[misc]  # messages left: another waiting consumer may take them
+        return intake
 
     def _top_up(self) -> None:
         """A slot is free: take from an in-process queue now (or watch it), or tell the fetcher."""
@@ -369,7 +371,7 @@ class Consumer:
         timeout = self.entry.timeout
         queue_id, consumer_id = route.queue_id, self.id
         local = self._local is not None  # in-process: an ack is nothing to send
-        draining, settled = self.host.draining, self.host.settled
+        draining, settled = self.host.drain_waiters, self.host.settled
         idle = self._idle
         top_up, on_ready = self._top_up, self._on_ready
         notify = self._local.notify if self._local is not None else None
@@ -461,7 +463,7 @@ class Consumer:
                         self.unsettled -= 1
                         write(ack_pk(now(), msg.seq, msg.attempt, len(ready), len(buffer), self.busy,
                                      self.unsettled))
-                        if not self.unsettled and draining():
+                        if not self.unsettled and draining:
                             settled()
                         if cycling:
                             cycling.pop(msg.id, None)

@@ -64,8 +64,9 @@ class ConsumerHost:
     recorder: Recorder
     #: Call when a delivery settles with nothing left unsettled (wakes ``drain()``).
     settled: Callable[[], None]
-    #: True while someone waits in ``drain()`` (so the hot path can skip ``settled``).
-    draining: Callable[[], bool]
+    #: Non-empty while someone waits in ``drain()``, so the hot path can skip ``settled``
+    #: with a truth test of its own (the runtime empties this list in place, never swaps it).
+    drain_waiters: Sized
     #: Unix time on the runtime's clock (virtual runs: 2026-01-01 + virtual time).
     unix_time: Callable[[], float]
     #: Give a message fetched from a broker its local ``seq`` (by its wire id).

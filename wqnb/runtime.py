@@ -98,7 +98,7 @@ class Runtime:
         self.state = "created"
         self._stopping: asyncio.Future[None] | None = None
         self._host = ConsumerHost(
-            recorder=self.recorder, settled=self._notify_settled, draining=self._draining,
+            recorder=self.recorder, settled=self._notify_settled, drain_waiters=self._drain_waiters,
             unix_time=self.unix_time, intern=self._intern, clock=lambda: self._now,
             publish_from_handler=self._publish_from_handler,
         )
@@ -523,13 +523,11 @@ class Runtime:
                 return False
         return True
 
-    def _draining(self) -> bool:
-        return bool(self._drain_waiters)
-
     def _notify_settled(self) -> None:
         waiters = self._drain_waiters
         if waiters and self._drained():
-            self._drain_waiters = []
+            waiters = waiters[:]
+            self._drain_waiters.clear()  # in place: consumers hold this list (ConsumerHost)
             for w in waiters:
                 if not w.done():
                     w.set_result(None)

@@ -2,8 +2,9 @@
 
 One suite, parametrised over ``memory`` (in-process, push), ``reference`` (the pull-only
 reference driver in ``tests/_reference_driver.py``: a broker's contract with nothing
-else) and ``amqp`` (RabbitMQ, from ``WQNB_TEST_AMQP_URL``; skipped locally without it,
-a failure under ``CI=true``). Capability flags on the driver class (``fifo``,
+else), ``amqp`` (RabbitMQ, from ``WQNB_TEST_AMQP_URL``) and ``redis`` (Redis Streams, from
+``WQNB_TEST_REDIS_URL``, ``claim_min_idle: 1s``); a broker is skipped locally without its
+server and a failure under ``CI=true``. Capability flags on the driver class (``fifo``,
 ``release_in_order``, ``exact_depth``) say what a broker cannot promise; every case here
 applies to all three unless it says so. The cases follow ``notes/brokers.md`` §7.
 
@@ -30,7 +31,7 @@ import wqnb.registry
 from wqnb.message import Message
 from wqnb.runtime import DRIVERS
 
-BACKENDS = ["memory", "reference", "amqp"]
+BACKENDS = ["memory", "reference", "amqp", "redis"]
 
 
 @dataclass
@@ -50,6 +51,10 @@ class Backend:
             from wqnb.drivers.amqp import AmqpDriver
 
             return AmqpDriver
+        if self.kind == "queue.driver.redis":
+            from wqnb.drivers.redis import RedisDriver
+
+            return RedisDriver
         return DRIVERS[self.kind]
 
     def app(self, *queues: dict[str, Any], consumers: list[dict[str, Any]] = ()) -> str:
@@ -80,6 +85,11 @@ def backend(request, monkeypatch) -> Backend:
         monkeypatch.setattr(wqnb.registry, "DRIVER_KINDS", (*wqnb.registry.DRIVER_KINDS, ReferenceDriver.kind))
         monkeypatch.setitem(DRIVERS, ReferenceDriver.kind, ReferenceDriver)
         return Backend("reference", ReferenceDriver.kind, patience=5.0)
+    if name == "redis":
+        url = request.getfixturevalue("redis_url")
+        pytest.importorskip("redis.asyncio")
+        return Backend("redis", "queue.driver.redis", {"url": url, "claim_min_idle": "1s"},
+                       lambda broker_name: {"queue_name": broker_name}, patience=30.0)
     url = request.getfixturevalue("amqp_url")
     pytest.importorskip("aio_pika")
     return Backend(
@@ -447,7 +457,7 @@ def test_stop_hands_back_interrupted_then_buffered_messages(backend):
 
 # -- 11. a cancelled fetch loses nothing -------------------------------------------------------------
 def test_a_cancelled_fetch_then_a_publish_is_taken_by_the_next_fetch(backend):
-    rounds = 200 if backend.name != "amqp" else 20
+    rounds = {"amqp": 20, "redis": 500}.get(backend.name, 200)  # redis: §5's orphan case, 500 times
 
     async def main():
         rt = wqnb.Runtime.from_yaml_string(backend.app({"name": "q"}))

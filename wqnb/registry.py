@@ -204,6 +204,7 @@ _DRIVER_RESERVED = frozenset({"name", "kind", "lifecycle", "meta", "options"})
 #: entry itself and for every queue and consumer on it, and raises ConfigError.
 ENTRY_VALIDATORS: dict[str, str] = {
     "queue.driver.amqp": "wqnb.drivers.amqp_config:validate_amqp_entry",
+    "queue.driver.redis": "wqnb.drivers.redis_config:validate_redis_entry",
 }
 
 

@@ -578,7 +578,9 @@ class Runtime:
                     fut = loop.create_future()
                     self._drain_waiters.append(fut)
                     await fut
-                if await self._broker_drained():
+                # Locally quiet again after the broker answered: a message taken while we
+                # asked (a nack's copy fetched at once) is unsettled here, not drained.
+                if await self._broker_drained() and self._drained():
                     return
                 await asyncio.sleep(BROKER_DRAIN_POLL)
 

@@ -1,0 +1,133 @@
+"""queue.driver.redis beyond the conformance suite: load-time checks, the stream layout a
+plain Redis client sees and writes, and a clear error when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import yaml
+from servers import free_port
+
+import wqnb
+from wqnb.errors import ConfigError, DriverUnavailable
+
+pytest.importorskip("redis.asyncio")
+
+
+def app(driver: dict, queue: dict | None = None, consumer: dict | None = None) -> str:
+    entries = [{"name": "d", "kind": "queue.driver.redis", **driver, "lifecycle": {"auto_start": True}},
+               {"name": "q", "kind": "queue.queue", "driver": "t:d", **(queue or {})}]
+    if consumer is not None:
+        entries.append({"name": "w", "kind": "queue.consumer", "queue": "t:q", "func": "t:h",
+                        "lifecycle": {"auto_start": True, "stop_timeout": 5}, **consumer})
+    return yaml.safe_dump({"namespace": "t", "entries": entries}, sort_keys=False)
+
+
+@pytest.mark.parametrize("driver, queue, consumer, entry, field, text", [
+    ({}, None, {"auto_ack": True}, "t:w", "auto_ack", "not supported"),
+    ({"claim_min_idle": "soon"}, None, None, "t:d", "claim_min_idle", "invalid duration"),
+    ({"claim_min_idle": 0}, None, None, "t:d", "claim_min_idle", "more than 0"),
+    ({"block": -1}, None, None, "t:d", "block", "negative"),
+    ({"url": "amqp://x"}, None, None, "t:d", "url", "redis://"),
+    ({"colour": 1}, None, None, "t:d", "colour", "unknown field"),
+    ({"addrs": ["a:1", "b:2"]}, None, None, "t:d", "addrs", "one Redis server"),
+    ({"db": "x"}, None, None, "t:d", "db", "integer"),
+    ({"tls": {"cert_file": "c.pem"}}, None, None, "t:d", "tls.cert_file", "together"),
+    ({}, {"driver_options": {"redis": {"max_length": 3}}}, None, "t:q", "driver_options.redis.max_length",
+     "options.max_length"),
+])
+def test_bad_fields_are_load_errors_naming_entry_and_field(driver, queue, consumer, entry, field, text):
+    with pytest.raises(ConfigError) as e:
+        wqnb.Runtime.from_yaml_string(app(driver, queue, consumer))
+    assert e.value.entry == entry and e.value.field == field
+    assert text in str(e.value)
+
+
+def test_wippy_fields_are_accepted_and_passwords_never_printed():
+    from wqnb.drivers.redis_config import RedisConfig
+
+    cfg = RedisConfig.parse({"addrs": ["10.0.0.1:6380"], "username": "u", "password": "s3cret", "db": 2,
+                             "client_name": "w", "tls": {"enabled": True, "insecure_skip_verify": True}})
+    assert cfg.url == "redis://u:s3cret@10.0.0.1:6380/2" and cfg.tls_enabled
+    assert "s3cret" not in cfg.safe_url and cfg.safe_url == "redis://u:***@10.0.0.1:6380/2"
+    assert RedisConfig.parse({}).url == "redis://localhost:6379/0"
+    assert (RedisConfig.parse({}).claim_min_idle, RedisConfig.parse({}).block, RedisConfig.parse({}).group) == (
+        30.0, 1.0, "wqnb")
+    with pytest.raises(ConfigError) as e:
+        RedisConfig.parse({"url": "redis://u:s3cret@host:notaport/0"}, entry="t:d")
+    assert "s3cret" not in str(e.value)
+
+
+def test_redis_down_at_start_is_a_clear_error_naming_driver_and_url_without_a_hang():
+    port = free_port()  # nothing listens there
+    rt = wqnb.Runtime.from_yaml_string(app({"url": f"redis://u:pw9@127.0.0.1:{port}/0",
+                                            "connection_timeout": "2s"}))
+    t0 = time.monotonic()
+    with pytest.raises(DriverUnavailable) as e:
+        asyncio.run(rt.start())
+    assert time.monotonic() - t0 < 5
+    text = str(e.value)
+    assert "queue.driver.redis t:d" in text and f"redis://u:***@127.0.0.1:{port}/0" in text
+    assert "pw9" not in text
+
+
+def test_a_plain_xadd_is_consumed_as_attempt_one_and_the_stream_is_emptied(redis_url):
+    import redis.asyncio as aioredis
+
+    name = f"wqnb-plain-{uuid.uuid4().hex[:8]}"
+    got: list[tuple[object, str, int, dict]] = []
+
+    async def handler(body, message):
+        got.append((body, message.id, message.attempt, dict(message.headers)))
+
+    async def main():
+        plain = aioredis.Redis.from_url(redis_url)
+        rt = wqnb.Runtime.from_yaml_string(app({"url": redis_url, "claim_min_idle": "1s"},
+                                               {"queue_name": name}, {}))
+        rt.register_function("t:h", handler)
+        await rt.start("t:d")
+        eid = (await plain.xadd(name, {"body": "hello from redis-cli"})).decode()
+        own = await rt.publish("t:q", b"\x00\xff", headers={"k": 1})
+        await rt.start()
+        await rt.drain(timeout=20)
+        groups = await plain.xinfo_groups(name)
+        length = await plain.xlen(name)
+        await rt.stop()
+        consumers = await plain.xinfo_consumers(name, "wqnb")
+        fields = None
+        await plain.delete(name, f"{name}:wqnb-released")
+        await plain.aclose()
+        return eid, own, groups, length, consumers, fields
+
+    eid, own, groups, length, consumers, _ = asyncio.run(main())
+    assert got[0] == ("hello from redis-cli", f"{name}/{eid}", 1, {})
+    assert got[1][0] == b"\x00\xff" and got[1][1] == own and got[1][3]["k"] == 1
+    assert [g["name"] for g in groups] == [b"wqnb"] and groups[0]["pending"] == 0
+    assert length == 0  # acked entries are deleted (XACK + XDEL)
+    assert consumers == []  # a consumer owning nothing is forgotten at stop
+
+
+def test_wire_fields_a_plain_client_reads(redis_url):
+    import redis.asyncio as aioredis
+
+    name = f"wqnb-wire-{uuid.uuid4().hex[:8]}"
+
+    async def main():
+        plain = aioredis.Redis.from_url(redis_url)
+        rt = wqnb.Runtime.from_yaml_string(app({"url": redis_url}, {"queue_name": name}))
+        await rt.start()
+        mid = await rt.publish("t:q", "text", headers={"a": [1, 2]})
+        entries = await plain.xrange(name)
+        await rt.stop()
+        await plain.delete(name)
+        await plain.aclose()
+        return mid, entries
+
+    mid, [(_, fields)] = asyncio.run(main())
+    assert fields[b"id"] == mid.encode() and fields[b"body"] == b"text" and fields[b"t"] == b"s"
+    assert fields[b"attempts"] == b"1"
+    import json
+    assert json.loads(fields[b"headers"])["a"] == [1, 2]

@@ -124,6 +124,23 @@ def test_a_handler_of_three_claim_min_idle_in_a_live_process_is_never_run_twice(
     assert not any(h.redelivered for h in shared.handled())
 
 
+def test_a_graceful_stop_of_one_of_three_workers_loses_nothing(shared) -> None:
+    n = 1500
+    app = shared.write_app(prefetch=20, concurrency=2)
+    publish_all(app, ids(n))
+    workers = shared.start_workers(["w0", "w1", "w2"], app, delay=0.02)
+    wait_for(lambda: len(workers[0].handled()) >= 10 and len(shared.handled()) >= 100,
+             "the workers to be under way")
+    assert workers[0].term() == 0, workers[0].output()  # releases its buffer, finishes its handlers
+    assert len(shared.handled_bodies()) < n, "all handled before the stop: nothing to show"
+    wait_for(lambda: shared.handled_bodies() >= set(ids(n)), "every message to be handled")
+    for w in workers[1:]:
+        assert w.term() == 0, w.output()
+    counts = collections.Counter(h.body for h in shared.handled())
+    assert set(counts) == set(ids(n))
+    assert max(counts.values()) == 1, [b for b, c in counts.items() if c > 1]  # and none twice
+
+
 def test_redis_kill_9_and_restart_from_its_data_dir_loses_no_returned_publish(private) -> None:
     sc, server = private
     app = sc.write_app(prefetch=20, concurrency=2, publish_timeout="120s")

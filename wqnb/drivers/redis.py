@@ -154,6 +154,8 @@ class _QueueState:
     delta: int = 0  # own publishes minus takes since that refresh
     outbox: int = 0  # accepted by publish_nowait, not yet stored
     declared: bool = False
+    acks: list[tuple[list[bytes], asyncio.Future[None]]] = field(default_factory=list)
+    acking: bool = False  # a flush of acks is on the wire
 
     @property
     def released_key(self) -> str:
@@ -702,20 +704,40 @@ class RedisDriver(Driver):
             sub.room.set()
 
     async def ack(self, queue_id: str, messages: Sequence[Message]) -> None:
+        """``MULTI {XACK; XDEL}``. Acks that arrive while one is on the wire go together in
+        the next one (workers acking one message each share a round trip)."""
         state = self._state(queue_id)
         ids = self._receipts(messages)
         if not ids:
             return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        state.acks.append((ids, done))
+        if not state.acking:
+            state.acking = True
+            loop.create_task(self._flush_acks(state, queue_id))
+        await asyncio.shield(done)
 
-        async def op() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.xack(state.name, self.config.group, *ids)
-            pipe.xdel(state.name, *ids)
-            await pipe.execute()
+    async def _flush_acks(self, state: _QueueState, queue_id: str) -> None:
         try:
-            await self._settle_op(f"ack on {queue_id}", op)
+            while state.acks:
+                batch, state.acks = state.acks, []
+                ids = [e for chunk, _ in batch for e in chunk]
+
+                async def op(ids: list[bytes] = ids) -> None:
+                    pipe = self._client.pipeline(transaction=True)
+                    pipe.xack(state.name, self.config.group, *ids)
+                    pipe.xdel(state.name, *ids)
+                    await pipe.execute()
+                try:
+                    await self._settle_op(f"ack on {queue_id}", op)
+                finally:
+                    self._forget_held(self._subs.get(queue_id), ids)
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
         finally:
-            self._forget_held(self._subs.get(queue_id), ids)
+            state.acking = False
 
     async def _settle_op(self, what: str, op: Callable[[], Any]) -> None:
         try:

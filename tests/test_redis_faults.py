@@ -162,3 +162,24 @@ def test_redis_kill_9_and_restart_from_its_data_dir_loses_no_returned_publish(pr
         assert len(w.handled()) > handled_at_kill[w.name], f"{w.name}: nothing after the restart"
     for w in workers:
         assert w.term() == 0, w.output()
+
+
+def test_soak_one_publisher_three_workers_one_killed_and_restarted(shared) -> None:
+    n = 5000
+    app = shared.write_app(prefetch=50, concurrency=4)
+    workers = shared.start_workers(["w0", "w1", "w2"], app)
+    pub = shared.publisher(app, n, batch=20)
+    wait_for(lambda: len(workers[1].handled()) >= 200 and len(shared.published()) >= 1500,
+             "the soak to be under way")
+    workers[1].kill9()
+    assert len(shared.published()) < n, "all published before the kill: nothing to show"
+    shared.worker("w1-again", app)
+
+    assert pub.wait() == 0, pub.output()
+    published = shared.published()
+    assert len(published) == n
+    wait_for(lambda: shared.handled_bodies() >= set(published), "every published message to be handled")
+    for w in shared.workers:
+        if w.popen.poll() is None:
+            assert w.term() == 0, w.output()
+    assert shared.handled_bodies() == set(published) == set(ids(n))

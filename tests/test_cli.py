@@ -395,3 +395,29 @@ def test_deeply_nested_yaml_is_one_line_naming_the_file_not_an_internal_error(ap
     assert wqnb_cli("run", "deep.yaml") == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("wqnb: deep.yaml: YAML nested too deeply to read") and "internal error" not in line
+
+
+def test_run_publishes_and_consumes_on_rabbitmq(app, capsys, amqp_url):
+    """`wqnb run` drives the same app on a broker: publish, consume, drain, stop."""
+    pytest.importorskip("aio_pika")
+    import uuid
+
+    run = uuid.uuid4().hex[:8]
+    opts = "driver_options: {amqp: {durable: false, queue_expiry: 60s}}"
+    broker_app = ((APP % {"concurrency": 4})
+                  .replace("kind: queue.driver.memory,", f'kind: queue.driver.amqp, url: "{amqp_url}",')
+                  .replace("    driver: app.queue:memory_driver\n",
+                           f"    driver: app.queue:memory_driver\n    queue_name: cli-run-{run}\n    {opts}\n", 1)
+                  .replace("{name: dead, kind: queue.queue, driver: app.queue:memory_driver}",
+                           f"{{name: dead, kind: queue.queue, driver: app.queue:memory_driver, "
+                           f"queue_name: cli-dead-{run}, {opts}}}"))
+    assert broker_app.count(run) == 2 and "queue.driver.amqp" in broker_app
+    (app / "app.yaml").write_text(broker_app)
+    rc = wqnb_cli("run", app / "app.yaml", "--publish", "app.queue:tasks", '{"id": 1}', "-n", 40,
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "-o", app / "tl.csv")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = dict(line.split(None, 1) for line in captured.out.splitlines() if not line.startswith("timeline:"))
+    assert summary["published"] == "40" and summary["acked"] == "40"
+    df = pd.read_csv(app / "tl.csv")
+    assert (df["event"] == "ack").sum() == 40 and df[df["event"] == "ack"]["msg_id"].is_unique

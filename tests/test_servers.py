@@ -112,7 +112,18 @@ def test_rabbitmq_kill_restart_keeps_durable_messages_and_stop_ends_epmd(
     assert refused(rmq.port) and not beam.alive()
     assert rmq.epmd is not None and rmq.epmd.alive()  # epmd outlives a crash, as it would
     rmq.restart()
-    assert asyncio.run(get()) == b"kept"  # same node name and mnesia dir: the queue recovered
+
+    async def get_within(seconds: float) -> bytes | None:
+        # Queues recover after the node answers (RabbitMQ loads them in the background):
+        # poll with a deadline rather than read once.
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            body = await get()
+            if body is not None or asyncio.get_running_loop().time() > deadline:
+                return body
+            await asyncio.sleep(0.2)
+
+    assert asyncio.run(get_within(20.0)) == b"kept"  # same node name and mnesia dir: the queue recovered
 
     procs, ports = rmq.all_procs(), list(rmq.ports.values())
     assert len(procs) == 3  # the rabbitmq-server script, beam.smp, epmd

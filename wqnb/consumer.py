@@ -94,9 +94,10 @@ class Consumer:
         self._interrupted: list[tuple[int, int, Message]] = []
         self._current: list[Message | None] = []  # the message each worker holds (stop's backstop)
         self._abandoned: set[int] = set()  # workers whose message stop requeued without them
+        self.unwound: list[int] = []  # workers whose handler did not unwind at the last stop
         #: messages nacked and not yet acked or dead-lettered: id -> (attempt, last error)
         self.cycling: dict[str, tuple[int, str]] = {}
-        self._admit: Callable[[list[Message]], None] = _not_started
+        self._admit: Callable[..., None] = _not_started  # the intake closure (start makes it)
         self._on_ready: Callable[[], None] = _nothing  # the push callback (in-process queues)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -157,7 +158,7 @@ class Consumer:
         await self._flush_delayed()
         # 4. running handlers may finish within the stop timeout
         clean = True
-        self.unwound: list[int] = []
+        self.unwound = []
         pending = [w for w in self._workers.values() if not w.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
@@ -681,7 +682,7 @@ def time_unset() -> float:
     raise RuntimeError("consumer not started")
 
 
-def _not_started(messages: list[Message]) -> None:
+def _not_started(messages: list[Message] | None = None) -> None:
     raise RuntimeError("consumer not started")
 
 

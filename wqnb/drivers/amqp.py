@@ -65,6 +65,8 @@ from yarl import URL
 from ..errors import ConfigError, DriverUnavailable, PublishError, QueueFull, QueueNotFound
 from ..message import Message
 from . import amqp_wire
+from ._inbox import Inbox
+from ._outbox import Outbox
 from .amqp_config import AmqpConfig, AmqpConsumerOptions, AmqpQueueOptions, safe_url
 from .base import Driver, QueueSpec
 
@@ -94,7 +96,6 @@ class _QueueState:
     ready: int = 0  # the broker's message_count at the last refresh
     delta: int = 0  # own confirmed publishes minus deliveries here, since that refresh
     full: bool = False  # a publish was refused and no refresh has shown room since
-    outbox: int = 0  # accepted by publish_nowait, not yet confirmed
     declared: bool = False
 
 
@@ -110,21 +111,13 @@ class _Subscription:
     channel: Any = None  # aio_pika channel
     raw: Any = None  # its aiormq channel (deliveries' receipt.channel)
     tag: str = ""  # the consumer tag in use
-    buffer: collections.deque[Message] = field(default_factory=collections.deque)
-    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    buffer: Inbox = field(default_factory=Inbox)
     unacked: dict[int, None] = field(default_factory=dict)  # outstanding delivery tags, in order
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     paused: bool = False  # auto_ack flow control: consumer cancelled while the buffer is full
     pausing: asyncio.Task[None] | None = None
     resuming: bool = False
     stopped: bool = False
-
-    def wake(self) -> None:
-        while self.waiters:
-            w = self.waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                return
 
 
 class AmqpDriver(Driver):
@@ -150,12 +143,8 @@ class AmqpDriver(Driver):
         self._closing = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: collections.deque[tuple[str, _Frame]] = collections.deque()
-        self._outbox_ready = asyncio.Event()
-        self._outbox_idle = asyncio.Event()
-        self._outbox_idle.set()
-        self._flush_error: BaseException | None = None
-        self._outbox_inflight = 0  # the batch the flusher is publishing
+        self._outbox: Outbox[_Frame] = Outbox(
+            id, self.config.outbox_size, self._send_outbox, log, target=self.config.safe_url)
         self._attempts: collections.OrderedDict[str, int] = collections.OrderedDict()
         ttl = self.config.default_message_ttl
         self._default_expiration = None if ttl is None else int(round(ttl * 1000))
@@ -230,8 +219,8 @@ class AmqpDriver(Driver):
         self._connected.set()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._supervise(), name=f"{self.id}:reconnect"),
-                       loop.create_task(self._refresh_depths(), name=f"{self.id}:depth"),
-                       loop.create_task(self._flush_outbox(), name=f"{self.id}:outbox")]
+                       loop.create_task(self._refresh_depths(), name=f"{self.id}:depth")]
+        self._outbox.start(loop)
         for sub in self._subs.values():
             await self._open_subscription(sub)
 
@@ -240,13 +229,7 @@ class AmqpDriver(Driver):
         broker requeues every delivery not acked."""
         if not self._started:
             return
-        undelivered = 0
-        if self._outbox or not self._outbox_idle.is_set():
-            try:
-                await asyncio.wait_for(self._outbox_idle.wait(), self.config.publish_timeout)
-            except TimeoutError:
-                pass
-            undelivered = len(self._outbox) + self._outbox_inflight
+        undelivered = await self._outbox.close(self.config.publish_timeout)
         self._closing = True
         self._started = False
         for t in self._tasks:
@@ -267,10 +250,8 @@ class AmqpDriver(Driver):
         self._connected.clear()
         self._lost.clear()
         if undelivered:
-            n = undelivered
-            self._outbox.clear()
             raise PublishError(
-                f"{self.kind} {self.id}: {n} message(s) accepted by publish_nowait could not be "
+                f"{self.kind} {self.id}: {undelivered} message(s) accepted by publish_nowait could not be "
                 f"published to {self.safe_url} within publish_timeout {self.config.publish_timeout:g}s"
             )
 
@@ -477,55 +458,14 @@ class AmqpDriver(Driver):
 
     def publish_nowait(self, queue_id: str, message: Message) -> None:
         state = self._state(queue_id)
-        if self._flush_error is not None:
-            raise PublishError(f"{self.kind} {self.id}: outbox stopped: {self._flush_error}")
-        if len(self._outbox) >= self.config.outbox_size:
-            raise QueueFull(f"queue is full: {queue_id} (outbox of {self.config.outbox_size} "
-                            f"messages waiting for {self.safe_url})")
         cap = state.spec.max_length
-        if cap is not None and (state.full or self.depth(queue_id) + state.outbox >= cap):
+        if cap is not None and (state.full or self.depth(queue_id) + self._outbox.pending(queue_id) >= cap):
             raise QueueFull(f"queue is full: {queue_id} holds max_length={cap} messages")
-        self._outbox.append((queue_id, self._encode(state, [message], "publish_nowait")[0]))
-        state.outbox += 1
-        self._outbox_idle.clear()
-        self._outbox_ready.set()
+        self._outbox.put(queue_id, self._encode(state, [message], "publish_nowait")[0])
 
-    async def _flush_outbox(self) -> None:
-        """Publish what publish_nowait accepted, in order, in batches per queue."""
-        try:
-            await self._flush_forever()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug: say so on the next publish_nowait, never drop silently
-            log.exception("%s: outbox flusher failed", self.id)
-            self._flush_error = e
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                qid = self._outbox[0][0]
-                batch: list[_Frame] = []
-                while self._outbox and self._outbox[0][0] == qid and len(batch) < 256:
-                    batch.append(self._outbox.popleft()[1])
-                state = self._queues[qid]
-                self._outbox_inflight = len(batch)
-                try:
-                    while True:
-                        try:
-                            await self._publish_frames(state, batch, "publish_nowait")
-                            break
-                        except PublishError as e:  # unreachable too long: keep trying, say so
-                            log.error("%s: %s; %d message(s) kept in the outbox, retrying", self.id, e,
-                                      len(batch) + len(self._outbox))
-                            if not self._started:
-                                self._outbox.extendleft(reversed([(qid, f) for f in batch]))
-                                return
-                finally:
-                    state.outbox -= len(batch)
-                    self._outbox_inflight = 0
-            self._outbox_idle.set()
+    async def _send_outbox(self, queue_id: str, frames: list[_Frame]) -> None:
+        """The outbox's ``send``: confirmed publishes of one batch, in order."""
+        await self._publish_frames(self._queues[queue_id], frames, "publish_nowait")
 
     # -- consuming ----------------------------------------------------------------------
     async def subscribe(self, queue_id: str, *, prefetch: int, concurrency: int, auto_ack: bool = False,
@@ -641,7 +581,7 @@ class AmqpDriver(Driver):
                 return
             state.delta -= 1
             sub.buffer.append(m)
-            sub.wake()
+            sub.buffer.wake()
             if sub.auto_ack and not sub.paused and len(sub.buffer) > sub.qos:
                 sub.paused = True
                 self.stats["paused"] += 1
@@ -697,21 +637,8 @@ class AmqpDriver(Driver):
 
     async def fetch(self, queue_id: str, max_messages: int) -> list[Message]:
         sub = await self._subscription(queue_id, max_messages)
-        buf = sub.buffer
-        while not buf:
-            w = asyncio.get_running_loop().create_future()
-            sub.waiters.append(w)
-            try:
-                await w
-            except asyncio.CancelledError:
-                if w.done() and not w.cancelled():
-                    sub.wake()  # hand the wake-up to the next fetcher
-                raise
-        n = min(max(1, max_messages), len(buf))
-        out = [buf.popleft() for _ in range(n)]
-        if buf:
-            sub.wake()
-        if sub.paused and len(buf) <= sub.qos // 2:
+        out = await sub.buffer.take(max_messages)
+        if sub.paused and len(sub.buffer) <= sub.qos // 2:
             asyncio.get_running_loop().create_task(self._resume(sub))
         return out
 
@@ -897,12 +824,12 @@ class AmqpDriver(Driver):
         """For ``drain()``: the broker holds no ready message of ``queue_id``, nothing
         this process took from it is unsettled, and its outbox is empty. (Another
         process's unacked deliveries are invisible to ``queue.declare``.)"""
-        state = self._state(queue_id)
+        self._state(queue_id)  # QueueNotFound
         sub = self._subs.get(queue_id)
-        if state.outbox or (sub is not None and (sub.unacked or sub.buffer)):
+        if self._outbox.pending(queue_id) or (sub is not None and (sub.unacked or sub.buffer)):
             return False
         info = await self.info(queue_id)
-        return info["ready"] == 0 and state.outbox == 0 and not (
+        return info["ready"] == 0 and not self._outbox.pending(queue_id) and not (
             sub is not None and (sub.unacked or sub.buffer))
 
 

@@ -11,15 +11,14 @@ in a message: every URL shown goes through :func:`safe_url`.
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from ..durations import parse_duration
 from ..errors import ConfigError
+from ._config import Fields, check_url, safe_url, validate_entry
 
 __all__ = [
     "AmqpConfig",
@@ -31,93 +30,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (Wippy's ``sanitizeURL``); an URL
-    that does not parse is shown as ``<unparsable URL>`` rather than risk a secret."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except (ValueError, TypeError):
-        return "<unparsable URL>"
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host + (f":{port}" if port is not None else "")
-    if parts.username is not None:
-        user = quote(unquote(parts.username), safe="")
-        netloc = f"{user}{':***' if parts.password is not None else ''}@{netloc}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class _Fields:
-    """Reads one mapping of options; every error names the entry and ``prefix.key``."""
-
-    def __init__(self, raw: Any, prefix: str, entry: str | None, file: str | None) -> None:
-        self.prefix = prefix
-        self.entry = entry
-        self.file = file
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise self.error(f"expected a mapping, got {type(raw).__name__}", "")
-        self.raw: dict[str, Any] = raw
-
-    def name(self, key: str) -> str:
-        return f"{self.prefix}{key}" if key else self.prefix.rstrip(".")
-
-    def error(self, text: str, key: str) -> ConfigError:
-        return ConfigError(text, file=self.file, entry=self.entry, field=self.name(key) or None)
-
-    def only(self, known: tuple[str, ...]) -> None:
-        for key in self.raw:
-            if key not in known:
-                raise self.error(f"unknown field {key!r} (known: {', '.join(known)})", str(key))
-
-    def boolean(self, key: str, default: bool) -> bool:
-        v = self.raw.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise self.error(f"must be true or false, got {v!r}", key)
-        return v
-
-    def string(self, key: str, default: str = "") -> str:
-        v = self.raw.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            raise self.error(f"must be a string, got {type(v).__name__}", key)
-        return v
-
-    def integer(self, key: str, default: int | None, *, minimum: int = 0,
-                maximum: int | None = None) -> int | None:
-        v = self.raw.get(key)
-        if v is None:
-            return default
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                or v != int(v)):
-            raise self.error(f"must be an integer, got {v!r}", key)
-        v = int(v)
-        if v < minimum or (maximum is not None and v > maximum):
-            top = f" and {maximum}" if maximum is not None else ""
-            raise self.error(f"must be between {minimum}{top}, got {v}" if top
-                             else f"must be at least {minimum}, got {v}", key)
-        return v
-
-    def duration(self, key: str, default: float | None, *, positive: bool = False) -> float | None:
-        v = self.raw.get(key)
-        if v is None:
-            return default
-        try:
-            seconds = parse_duration(v, what=self.name(key))
-        except ValueError as e:
-            raise ConfigError(str(e).partition(": ")[2] or str(e), file=self.file,
-                              entry=self.entry, field=self.name(key)) from None
-        if positive and seconds <= 0:
-            raise self.error(f"must be more than 0, got {v!r}", key)
-        return seconds
 
 
 @dataclass(frozen=True)
@@ -138,7 +50,7 @@ class TlsConfig:
               "insecure_skip_verify")
 
     @classmethod
-    def parse(cls, f: _Fields) -> TlsConfig:
+    def parse(cls, f: Fields) -> TlsConfig:
         f.only(cls.FIELDS)
         t = cls(
             enabled=f.boolean("enabled", False),
@@ -230,16 +142,10 @@ class AmqpConfig:
     @classmethod
     def parse(cls, options: dict[str, Any] | None, *, entry: str | None = None,
               file: str | None = None) -> AmqpConfig:
-        f = _Fields(options, "", entry, file)
+        f = Fields(options, "", entry, file)
         f.only(cls.FIELDS)
         url = f.string("url", DEFAULT_URL) or DEFAULT_URL
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise f.error(f"invalid URL {safe_url(url)}", "url") from None
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise f.error(f"expected amqp://user:password@host:port/vhost, got {safe_url(url)}", "url")
+        check_url(f, url, ("amqp", "amqps"), "amqp://user:password@host:port/vhost")
         mech = f.string("auth_mechanism", "PLAIN").upper() or "PLAIN"
         if mech not in ("PLAIN", "EXTERNAL"):
             raise f.error(f"unsupported auth mechanism {mech!r} (use PLAIN or EXTERNAL)", "auth_mechanism")
@@ -260,7 +166,7 @@ class AmqpConfig:
             frame_size=f.integer("frame_size", None, minimum=4096),
             channel_max=f.integer("channel_max", None, minimum=1, maximum=65535),
             outbox_size=f.integer("outbox_size", 1000, minimum=1),
-            tls=TlsConfig.parse(_Fields(f.raw.get("tls"), "tls.", entry, file)),
+            tls=TlsConfig.parse(Fields(f.raw.get("tls"), "tls.", entry, file)),
         )
         if cfg.reconnect_max_delay < cfg.reconnect_delay:
             raise f.error(f"must not be less than reconnect_delay ({cfg.reconnect_delay:g}s)",
@@ -290,7 +196,7 @@ class AmqpQueueOptions:
 
     @classmethod
     def parse(cls, raw: Any, *, entry: str | None = None, file: str | None = None) -> AmqpQueueOptions:
-        f = _Fields(raw, "driver_options.amqp.", entry, file)
+        f = Fields(raw, "driver_options.amqp.", entry, file)
         if "max_length" in f.raw:
             raise f.error("set options.max_length instead (wqnb declares x-max-length with "
                           "x-overflow: reject-publish, so a full queue refuses publishes "
@@ -342,7 +248,7 @@ class AmqpConsumerOptions:
 
     @classmethod
     def parse(cls, raw: Any, *, entry: str | None = None, file: str | None = None) -> AmqpConsumerOptions:
-        f = _Fields(raw, "driver_options.amqp.", entry, file)
+        f = Fields(raw, "driver_options.amqp.", entry, file)
         f.only(cls.FIELDS)
         f.boolean("no_local", False)
         f.boolean("no_wait", False)
@@ -355,15 +261,5 @@ def validate_amqp_entry(entry: Any, driver: Any) -> None:
     Called by :meth:`wqnb.registry.Registry.check` (``ENTRY_VALIDATORS``) as
     ``fn(entry, driver_entry)``; raises :class:`~wqnb.errors.ConfigError`.
     """
-    kind = type(entry).__name__
-    file = getattr(entry, "file", None)
-    if kind == "DriverEntry":
-        AmqpConfig.parse(entry.options, entry=entry.id, file=file)
-    elif kind == "QueueEntry":
-        dopts = entry.driver_options
-        AmqpQueueOptions.parse(dopts.get("amqp") if isinstance(dopts, dict) else None,
-                               entry=entry.id, file=file)
-    elif kind == "ConsumerEntry":
-        dopts = entry.driver_options
-        AmqpConsumerOptions.parse(dopts.get("amqp") if isinstance(dopts, dict) else None,
-                                  entry=entry.id, file=file)
+    validate_entry(entry, "amqp", driver=AmqpConfig.parse, queue=AmqpQueueOptions.parse,
+                   consumer=AmqpConsumerOptions.parse)

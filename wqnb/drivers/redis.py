@@ -56,7 +56,9 @@ from redis import exceptions as rexc
 
 from ..errors import ConfigError, DriverUnavailable, PublishError, QueueFull, QueueNotFound
 from ..message import Message
-from .amqp_config import safe_url
+from ._config import safe_url
+from ._inbox import Inbox
+from ._outbox import Outbox
 from .base import Driver, QueueSpec
 from .redis_config import RedisConfig
 
@@ -152,7 +154,6 @@ class _QueueState:
     name: str
     ready: int = 0  # XLEN - pending at the last refresh
     delta: int = 0  # own publishes minus takes since that refresh
-    outbox: int = 0  # accepted by publish_nowait, not yet stored
     declared: bool = False
     acks: list[tuple[list[bytes], asyncio.Future[None]]] = field(default_factory=list)
     acking: bool = False  # a flush of acks is on the wire
@@ -169,8 +170,7 @@ class _Subscription:
     queue_id: str
     consumer: str
     qos: int
-    buffer: collections.deque[Message] = field(default_factory=collections.deque)
-    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    buffer: Inbox = field(default_factory=Inbox)
     held: dict[bytes, None] = field(default_factory=dict)  # entry ids taken, not settled
     room: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
@@ -182,13 +182,6 @@ class _Subscription:
     claim_due: bool = True
     cursor: bytes = b"0-0"
     released_seen: int | None = None
-
-    def wake(self) -> None:
-        while self.waiters:
-            w = self.waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                return
 
     def free(self) -> int:
         return self.qos - len(self.held)
@@ -212,11 +205,8 @@ class RedisDriver(Driver):
         self._scripts: dict[str, Any] = {}
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: collections.deque[tuple[str, Message]] = collections.deque()
-        self._outbox_ready = asyncio.Event()
-        self._outbox_idle = asyncio.Event()
-        self._outbox_idle.set()
-        self._outbox_inflight = 0
+        self._outbox: Outbox[Message] = Outbox(
+            id, self.config.outbox_size, self._send_outbox, log, target=self.config.safe_url)
         self._depth_listeners: list[Callable[[], None]] = []
         self._host = f"{socket.gethostname()}:{os.getpid()}"
         #: Counters a test or a notebook can read.
@@ -277,8 +267,8 @@ class RedisDriver(Driver):
             await self._declare_on_server(state)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._refresh_depths(), name=f"{self.id}:depth"),
-                       loop.create_task(self._flush_outbox(), name=f"{self.id}:outbox"),
                        loop.create_task(self._refresh_claims(), name=f"{self.id}:refresher")]
+        self._outbox.start(loop)
         for sub in self._subs.values():
             if not sub.stopped:
                 self._start_reader(sub)
@@ -288,13 +278,7 @@ class RedisDriver(Driver):
         back what it buffered), forget consumers that own nothing, and close."""
         if not self._started:
             return
-        undelivered = 0
-        if self._outbox or not self._outbox_idle.is_set():
-            try:
-                await asyncio.wait_for(self._outbox_idle.wait(), self.config.publish_timeout)
-            except TimeoutError:
-                pass
-            undelivered = len(self._outbox) + self._outbox_inflight
+        undelivered = await self._outbox.close(self.config.publish_timeout)
         for sub in self._subs.values():
             await self._end_reader(sub)
         self._started = False
@@ -316,7 +300,6 @@ class RedisDriver(Driver):
             pass
         self._client = None
         if undelivered:
-            self._outbox.clear()
             raise PublishError(
                 f"{self.kind} {self.id}: {undelivered} message(s) accepted by publish_nowait could "
                 f"not be published to {self.safe_url} within publish_timeout {self.config.publish_timeout:g}s")
@@ -478,45 +461,15 @@ class RedisDriver(Driver):
 
     def publish_nowait(self, queue_id: str, message: Message) -> None:
         state = self._state(queue_id)
-        if len(self._outbox) >= self.config.outbox_size:
-            raise QueueFull(f"queue is full: {queue_id} (outbox of {self.config.outbox_size} "
-                            f"messages waiting for {self.safe_url})")
         cap = state.spec.max_length
-        if cap is not None and self.depth(queue_id) + state.outbox >= cap:
+        if cap is not None and self.depth(queue_id) + self._outbox.pending(queue_id) >= cap:
             raise QueueFull(f"queue is full: {queue_id} holds max_length={cap} messages")
         self._encode(state, [message], "publish_nowait")  # refuse what cannot travel now
-        self._outbox.append((queue_id, message))
-        state.outbox += 1
-        self._outbox_idle.clear()
-        self._outbox_ready.set()
+        self._outbox.put(queue_id, message)
 
-    async def _flush_outbox(self) -> None:
-        """Publish what publish_nowait accepted, in order, in batches per queue."""
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                qid = self._outbox[0][0]
-                batch: list[Message] = []
-                while self._outbox and self._outbox[0][0] == qid and len(batch) < 256:
-                    batch.append(self._outbox.popleft()[1])
-                state = self._queues[qid]
-                self._outbox_inflight = len(batch)
-                try:
-                    while True:
-                        try:
-                            await self._publish(state, batch, "publish_nowait", capped=True)
-                            break
-                        except PublishError as e:
-                            log.error("%s: %s; %d message(s) kept in the outbox, retrying", self.id, e,
-                                      len(batch) + len(self._outbox))
-                            if not self._started:
-                                self._outbox.extendleft(reversed([(qid, m) for m in batch]))
-                                return
-                finally:
-                    state.outbox -= len(batch)
-                    self._outbox_inflight = 0
-            self._outbox_idle.set()
+    async def _send_outbox(self, queue_id: str, messages: list[Message]) -> None:
+        """The outbox's ``send``: one batch through the capped publish script, in order."""
+        await self._publish(self._queues[queue_id], messages, "publish_nowait", capped=True)
 
     # -- consuming ----------------------------------------------------------------------
     async def subscribe(self, queue_id: str, *, prefetch: int, concurrency: int, auto_ack: bool = False,
@@ -658,7 +611,7 @@ class RedisDriver(Driver):
                     sub.held[eid] = None
                     sub.buffer.append(m)
                 state.delta -= len(got)
-                sub.wake()
+                sub.buffer.wake()
         finally:
             sub.client_id = None
             sub.conn = None
@@ -672,20 +625,7 @@ class RedisDriver(Driver):
         if sub is None or sub.stopped:  # fetch without subscribe: the bound is the fetch's size
             await self.subscribe(queue_id, prefetch=max(1, max_messages), concurrency=0)
             sub = self._subs[queue_id]
-        buf = sub.buffer
-        while not buf:
-            w = asyncio.get_running_loop().create_future()
-            sub.waiters.append(w)
-            try:
-                await w
-            except asyncio.CancelledError:
-                if w.done() and not w.cancelled():
-                    sub.wake()  # hand the wake-up to the next fetcher
-                raise
-        n = min(max(1, max_messages), len(buf))
-        out = [buf.popleft() for _ in range(n)]
-        if buf:
-            sub.wake()
+        out = await sub.buffer.take(max_messages)
         return out
 
     # -- settling -----------------------------------------------------------------------

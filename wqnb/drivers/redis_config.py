@@ -6,7 +6,7 @@ TLS) or the fields of Wippy's removed driver (notes/brokers.md §3.4): ``addrs``
 ``claim_min_idle``, ``block``, ``group`` and timeouts. Like :mod:`.amqp_config` this needs
 no Redis client: :func:`validate_redis_entry` runs at load time (``ENTRY_VALIDATORS``), so a
 bad field fails before anything connects, naming file, entry and field; every URL shown
-goes through :func:`~.amqp_config.safe_url` (passwords never printed).
+goes through :func:`~._config.safe_url` (passwords never printed).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
-from .amqp_config import _Fields, safe_url
+from ._config import Fields, check_url, safe_url, validate_entry
 
 __all__ = ["DEFAULT_URL", "RedisConfig", "RedisTls", "validate_redis_entry"]
 
@@ -38,7 +38,7 @@ class RedisTls:
     FIELDS = ("enabled", "server_name", "cert_file", "key_file", "ca_file", "insecure_skip_verify")
 
     @classmethod
-    def parse(cls, f: _Fields) -> RedisTls:
+    def parse(cls, f: Fields) -> RedisTls:
         f.only(cls.FIELDS)
         t = cls(enabled=f.boolean("enabled", False), server_name=f.string("server_name"),
                 cert_file=f.string("cert_file"), key_file=f.string("key_file"),
@@ -89,20 +89,14 @@ class RedisConfig:
     @classmethod
     def parse(cls, options: dict[str, Any] | None, *, entry: str | None = None,
               file: str | None = None) -> RedisConfig:
-        f = _Fields(options, "", entry, file)
+        f = Fields(options, "", entry, file)
         f.only(cls.FIELDS)
         url = f.string("url", "")
         addr = _addr(f)
         if url and addr:
             raise f.error("give url or addrs/addr, not both", "addrs" if "addrs" in f.raw else "addr")
         url = url or (f"redis://{addr}/0" if addr else DEFAULT_URL)
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise f.error(f"invalid URL {safe_url(url)}", "url") from None
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise f.error(f"expected redis://[user:password@]host:port/db, got {safe_url(url)}", "url")
+        parts = check_url(f, url, ("redis", "rediss"), "redis://[user:password@]host:port/db")
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise f.error(f"the database in the URL must be a number, got {path!r}", "url")
@@ -120,7 +114,7 @@ class RedisConfig:
             reconnect_delay=f.duration("reconnect_delay", 0.1, positive=True),
             reconnect_max_delay=f.duration("reconnect_max_delay", 2.0, positive=True),
             outbox_size=f.integer("outbox_size", 1000, minimum=1),
-            tls=RedisTls.parse(_Fields(f.raw.get("tls"), "tls.", entry, file)),
+            tls=RedisTls.parse(Fields(f.raw.get("tls"), "tls.", entry, file)),
         )
         if cfg.claim_min_idle < 0.03:
             raise f.error(f"must be at least 30ms (the refresher runs every third of it), got "
@@ -141,7 +135,7 @@ class RedisConfig:
         return self.tls.enabled or urlsplit(self.url).scheme == "rediss"
 
 
-def _addr(f: _Fields) -> str:
+def _addr(f: Fields) -> str:
     """Wippy's ``addrs`` (a list; wqnb takes one server) or ``addr``, as ``host:port``."""
     addrs = f.raw.get("addrs")
     if addrs is not None:
@@ -157,7 +151,7 @@ def _addr(f: _Fields) -> str:
     return _check_addr(f, addr, "addr") if addr else ""
 
 
-def _check_addr(f: _Fields, addr: str, key: str) -> str:
+def _check_addr(f: Fields, addr: str, key: str) -> str:
     try:
         parts = urlsplit(f"redis://{addr}")
         parts.port  # noqa: B018
@@ -185,11 +179,15 @@ def _with_credentials(url: str, username: str | None, password: str | None, db: 
 
 
 def _queue_options(raw: Any, *, entry: str | None, file: str | None) -> None:
-    f = _Fields(raw, "driver_options.redis.", entry, file)
+    f = Fields(raw, "driver_options.redis.", entry, file)
     if "max_length" in f.raw:
         raise f.error("set options.max_length instead (wqnb refuses publishes into a full "
                       "stream; it never trims with MAXLEN, which drops pending entries)", "max_length")
     f.only(())
+
+
+def _consumer_options(raw: Any, *, entry: str | None, file: str | None) -> None:
+    Fields(raw, "driver_options.redis.", entry, file).only(())
 
 
 def validate_redis_entry(entry: Any, driver: Any) -> None:
@@ -198,20 +196,10 @@ def validate_redis_entry(entry: Any, driver: Any) -> None:
     Called by :meth:`wqnb.registry.Registry.check` (``ENTRY_VALIDATORS``) as
     ``fn(entry, driver_entry)``; raises :class:`~wqnb.errors.ConfigError`.
     """
-    kind = type(entry).__name__
-    file = getattr(entry, "file", None)
-    if kind == "DriverEntry":
-        RedisConfig.parse(entry.options, entry=entry.id, file=file)
-    elif kind == "QueueEntry":
-        dopts = entry.driver_options
-        _queue_options(dopts.get("redis") if isinstance(dopts, dict) else None, entry=entry.id, file=file)
-    elif kind == "ConsumerEntry":
-        if getattr(entry, "auto_ack", False):
-            raise ConfigError(
-                "auto_ack: true is not supported on queue.driver.redis: a stream has no "
-                "at-most-once consume worth the name (remove it; messages are acked after the "
-                "handler)", file=file, entry=entry.id, field="auto_ack")
-        dopts = entry.driver_options
-        f = _Fields(dopts.get("redis") if isinstance(dopts, dict) else None,
-                    "driver_options.redis.", entry.id, file)
-        f.only(())
+    if type(entry).__name__ == "ConsumerEntry" and getattr(entry, "auto_ack", False):
+        raise ConfigError(
+            "auto_ack: true is not supported on queue.driver.redis: a stream has no "
+            "at-most-once consume worth the name (remove it; messages are acked after the "
+            "handler)", file=getattr(entry, "file", None), entry=entry.id, field="auto_ack")
+    validate_entry(entry, "redis", driver=RedisConfig.parse, queue=_queue_options,
+                   consumer=_consumer_options)

@@ -31,6 +31,9 @@ __all__ = [
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
+#: The name this module gave ``Fields`` before it moved to ``._config`` (still imported).
+_Fields = Fields
+
 
 @dataclass(frozen=True)
 class TlsConfig:

@@ -40,6 +40,7 @@ from .message import Delivery, IdSource, Message, encode_body
 from .registry import ConsumerEntry, DriverEntry, QueueEntry, Registry
 from .routes import ConsumerHost, Route
 from .security import PublishGate
+from .retention import Trimmer
 from .timeline import ConsumerInfo, QueueInfo, Recorder, Timeline
 
 __all__ = ["Runtime", "SyncRuntime", "DRIVERS"]
@@ -68,7 +69,14 @@ class Runtime:
     """
 
     def __init__(self, registry: Registry | None = None, *, recorder: Recorder | None = None,
-                 process: str | None = None, strict_security: bool | None = None) -> None:
+                 process: str | None = None, strict_security: bool | None = None,
+                 max_events: int | None = None, spill: str | Path | None = None) -> None:
+        """``max_events``: keep at most about this many timeline rows (the oldest are
+        dropped in chunks, counted, and with ``spill`` (a folder) written to Parquet
+        first); see :mod:`wqnb.retention`. Default: keep every event."""
+        if recorder is not None and (max_events is not None or spill is not None):
+            raise ValueError("give max_events=/spill= or recorder=, not both (Recorder(max_events=...) "
+                             "takes them)")
         self.registry = registry or Registry()
         self.registry.check()
         #: Checks every publish a handler makes (DESIGN §8). ``strict_security`` (default:
@@ -78,7 +86,9 @@ class Runtime:
             self.registry.entries,
             self.registry.strict_security if strict_security is None else strict_security,
         )
-        self.recorder = recorder or Recorder()
+        self.recorder = recorder or Recorder(max_events, spill=spill)
+        self.recorder.on_forget = self._forget_foreign
+        self._trimmer: Trimmer | None = None
         self._ids = IdSource()
         self._foreign: dict[str, int] = {}  # wire id -> seq, for messages published elsewhere
         self.recorder.id_prefix = self._ids.prefix
@@ -106,19 +116,22 @@ class Runtime:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, *paths: str | Path | Iterable[str | Path]) -> Runtime:
-        """Load YAML files and/or folders (every ``.yaml``/``.yml``/``.json`` below them)."""
+    def from_yaml(cls, *paths: str | Path | Iterable[str | Path], **options: Any) -> Runtime:
+        """Load YAML files and/or folders (every ``.yaml``/``.yml``/``.json`` below them);
+        ``options`` go to the constructor (``max_events=``, ``process=``, …)."""
         flat: list[str | Path] = []
         for p in paths:
             flat.extend([p] if isinstance(p, (str, Path)) else p)
         if not flat:
             raise ConfigError("from_yaml needs at least one file or folder")
-        return cls(Registry().load(flat))
+        return cls(Registry().load(flat), **options)
 
     @classmethod
-    def from_yaml_string(cls, text: str, base_dir: str | Path = ".", *, name: str = "<string>") -> Runtime:
-        """Load entries from YAML text; ``file://`` sources resolve against ``base_dir``."""
-        return cls(Registry().load_string(text, base_dir=base_dir, name=name))
+    def from_yaml_string(cls, text: str, base_dir: str | Path = ".", *, name: str = "<string>",
+                         **options: Any) -> Runtime:
+        """Load entries from YAML text; ``file://`` sources resolve against ``base_dir``;
+        ``options`` go to the constructor (``max_events=``, ``process=``, …)."""
+        return cls(Registry().load_string(text, base_dir=base_dir, name=name), **options)
 
     def _wire(self) -> None:
         reg = self.registry
@@ -229,6 +242,9 @@ class Runtime:
                 await consumer.start()
             self._started.append(eid)
         self.state = "running"
+        if self.recorder.retention is not None and not self._virtual and self._trimmer is None:
+            self._trimmer = Trimmer(self.recorder, loop)  # real time only: see wqnb.retention
+            self._trimmer.start()
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is loop:
@@ -331,6 +347,10 @@ class Runtime:
             self._started = []
         finally:
             self.state = "stopped"
+            if self._trimmer is not None:
+                self._trimmer.stop()
+                self._trimmer = None
+            self.recorder.trim()
             self._stopping.set_result(None)
             self._stopping = None
         self._notify_settled()
@@ -383,6 +403,11 @@ class Runtime:
         self._ids._next -= 1
         if self.recorder.foreign_ids.pop(msg.seq, None) is not None:
             self._foreign.pop(msg.id, None)
+
+    def _forget_foreign(self, ids: list[str]) -> None:
+        """A bounded recorder dropped every row of these foreign messages: forget their seq."""
+        for mid in ids:
+            self._foreign.pop(mid, None)
 
     def _intern(self, msg: Message) -> None:
         """Give a message fetched from a broker its local ``seq``: the one it was published

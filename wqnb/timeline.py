@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .retention import Dropped
 
 __all__ = [
     "EVENTS",
@@ -96,8 +99,9 @@ _HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.u
 _BYTE_SHIFTS = np.arange(40, -1, -8, dtype=np.int64)
 
 
-def _id_dtype(prefix: str, n: int, foreign: dict[int, str] | None = None) -> pd.CategoricalDtype:
-    """The categories of ``msg_id``: ``prefix`` + ``seq`` as 12 hex digits, for seq 0..n-1.
+def _id_dtype(prefix: str, n: int, foreign: dict[int, str] | None = None, base: int = 0) -> pd.CategoricalDtype:
+    """The categories of ``msg_id``: ``prefix`` + ``seq`` as 12 hex digits, for seq
+    ``base``..``base + n - 1`` (``base`` > 0: a timeline whose first messages were dropped).
 
     A long run has as many ids as messages, and formatting them one by one (plus pandas
     checking 100,000 fresh strings for duplicates) cost as much as the rest of the
@@ -108,16 +112,16 @@ def _id_dtype(prefix: str, n: int, foreign: dict[int, str] | None = None) -> pd.
     take the plain loop too (a broker run is not on the per-message budget of a simulation).
     """
     if foreign:
-        return pd.CategoricalDtype([foreign.get(s) or f"{prefix}{s:012x}" for s in range(n)])
+        return pd.CategoricalDtype([foreign.get(s) or f"{prefix}{s:012x}" for s in range(base, base + n)])
     str_dtype = pd.Index(["x"]).dtype  # the string dtype this pandas infers for a list of str
     head = prefix.encode()
-    if n and getattr(str_dtype, "storage", None) == "pyarrow" and n < 1 << 48:
+    if n and getattr(str_dtype, "storage", None) == "pyarrow" and base + n < 1 << 48:
         import pyarrow as pa
 
         width = len(head) + 12
         digits = np.empty((n, width), dtype=np.uint8)
         digits[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
-        digits[:, len(head):].view(np.uint16)[:] = _HEX_PAIRS[(np.arange(n, dtype=np.int64)[:, None] >> _BYTE_SHIFTS) & 255]
+        digits[:, len(head):].view(np.uint16)[:] = _HEX_PAIRS[(np.arange(base, base + n, dtype=np.int64)[:, None] >> _BYTE_SHIFTS) & 255]
         small = width * n < 1 << 31  # 32-bit offsets, as pandas makes them
         offsets = np.arange(0, width * (n + 1), width, dtype=np.int32 if small else np.int64)
         array = pa.StringArray if small else pa.LargeStringArray
@@ -126,7 +130,7 @@ def _id_dtype(prefix: str, n: int, foreign: dict[int, str] | None = None) -> pd.
         if from_fastpath is not None:
             return from_fastpath(ids, False)
         return pd.CategoricalDtype(ids)
-    return pd.CategoricalDtype([f"{prefix}{s:012x}" for s in range(n)])
+    return pd.CategoricalDtype([f"{prefix}{s:012x}" for s in range(base, base + n)])
 
 
 @dataclass
@@ -158,9 +162,21 @@ class Recorder:
     ``rec.write(pk(t, seq, attempt, depth, buffered, busy, unsettled))``: two calls into
     C (a ``functools.partial`` of ``struct.pack``, and ``bytearray.extend``), nothing else,
     which is what keeps recording at a few percent of a message's cost.
+
+    ``max_events`` bounds the rows kept (:mod:`wqnb.retention`): :meth:`trim` drops the
+    oldest from the front of the same ``bytearray`` (so writers' bound ``extend`` stays
+    valid), counting them, and ``spill`` (a folder) keeps them as Parquet. Nothing checks
+    the bound per row: a :class:`~wqnb.retention.Trimmer` on the runtime's real-time loop,
+    :meth:`timeline` and the runtime's ``stop`` call :meth:`trim`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_events: int | None = None, *, chunk: int | None = None,
+                 spill: str | Path | None = None) -> None:
+        from .retention import Retention
+
+        if max_events is None and (chunk is not None or spill is not None):
+            raise ValueError("chunk= and spill= need max_events= (the bound they apply to)")
+        self.retention = Retention(max_events, chunk, spill) if max_events is not None else None
         self.buf = bytearray()
         self.write: Callable[[bytes], None] = self.buf.extend
         self.queue_names: list[str] = []
@@ -174,6 +190,8 @@ class Recorder:
         self.id_prefix = ""
         #: ids of messages this runtime did not publish (seen through a broker), by seq
         self.foreign_ids: dict[int, str] = {}
+        #: told the wire ids a trim forgot (the runtime forgets its own map of them too)
+        self.on_forget: Callable[[list[str]], None] | None = None
         self.t0: float | None = None
         self.origin_unix: float | None = None
         self.process = ""
@@ -254,17 +272,65 @@ class Recorder:
     def __len__(self) -> int:
         return len(self.buf) // ROW.size
 
+    @property
+    def dropped(self) -> int:
+        """Rows dropped from the front so far (0 without ``max_events``)."""
+        return self.retention.rows if self.retention is not None else 0
+
+    @property
+    def recorded(self) -> int:
+        """Rows recorded since the start, dropped or kept: the absolute index of the next row."""
+        return self.dropped + len(self.buf) // ROW.size
+
+    def rows(self, start: int, stop: int | None = None) -> np.ndarray:
+        """Rows ``start``..``stop`` by absolute index (see :attr:`recorded`), as a copy;
+        rows already dropped are not there: the result starts at ``max(start, dropped)``."""
+        first = self.dropped
+        lo = max(start, first) - first
+        hi = (len(self.buf) // ROW.size) if stop is None else max(stop - first, lo)
+        return np.frombuffer(self.buf[lo * ROW.size: hi * ROW.size], dtype=ROW_DTYPE)
+
+    def trim(self, slack: int = 0) -> int:
+        """Drop the oldest rows beyond ``max_events`` once more than ``slack`` are over it;
+        return how many were dropped. Cold path: called per chunk, never per row."""
+        ret = self.retention
+        if ret is None:
+            return 0
+        over = len(self.buf) // ROW.size - ret.max_events
+        if over <= slack or over <= 0:
+            return 0
+        cut = over * ROW.size
+        ret.drop(self, np.frombuffer(self.buf[:cut], dtype=ROW_DTYPE))
+        del self.buf[:cut]  # the same object: writers' bound extend keeps working
+        if self.foreign_ids:
+            self._forget_foreign()
+        return over
+
+    def _forget_foreign(self) -> None:
+        """Wire ids of messages no longer in the kept rows are forgotten (bounded too)."""
+        with memoryview(self.buf) as view:
+            kept = np.frombuffer(view, dtype=ROW_DTYPE)
+            live = set(np.unique(kept["seq"]).tolist()) if len(kept) else set()
+            del kept
+        gone = [self.foreign_ids.pop(s) for s in [s for s in self.foreign_ids if s not in live]]
+        if gone and self.on_forget is not None:
+            self.on_forget(gone)
+
     def nbytes(self) -> int:
         """Memory held by recorded events."""
         return len(self.buf)
 
     def array(self) -> np.ndarray:
-        """Every event so far as one structured array (a copy: recording goes on)."""
+        """Every event kept so far as one structured array (a copy: recording goes on)."""
         return np.frombuffer(bytes(self.buf), dtype=ROW_DTYPE)
 
     def timeline(self) -> Timeline:
+        """The rows kept as a :class:`Timeline`; after drops, with what was dropped
+        (:attr:`Timeline.dropped`, :attr:`Timeline.dropped_detail`)."""
+        self.trim()
+        a = self.array()
         tl = Timeline.from_array(
-            self.array(),
+            a,
             t0=self.t0 or 0.0,
             queue_names=list(self.queue_names),
             consumer_names=list(self.consumer_names),
@@ -273,9 +339,13 @@ class Recorder:
             queues=dict(self.queues),
             consumers=dict(self.consumers),
             foreign_ids=dict(self.foreign_ids),
+            seq_base=int(a["seq"].min()) if self.dropped and len(a) else 0,
         )
         tl.origin_unix = self.origin_unix
         tl.process = self.process
+        if self.retention is not None and self.retention.rows:
+            tl.dropped_detail = self.retention.summary(self)
+            tl.dropped = tl.dropped_detail.rows
         return tl
 
 
@@ -298,6 +368,10 @@ class Timeline:
     origin_unix: float | None = None
     #: Who recorded it: ``host:pid`` of the process, or a name given to the runtime.
     process: str = ""
+    #: Events dropped from the front by a bounded recorder (``Runtime(max_events=)``): the
+    #: rows start after them, and :attr:`dropped_detail` holds their totals.
+    dropped: int = 0
+    dropped_detail: Dropped | None = None
 
     @classmethod
     def from_array(
@@ -312,10 +386,13 @@ class Timeline:
         queues: dict[str, QueueInfo],
         consumers: dict[str, ConsumerInfo],
         foreign_ids: dict[int, str] | None = None,
+        seq_base: int = 0,
     ) -> Timeline:
         # Fields are strided views into the rows: copy each once into a contiguous array,
         # then work on that (reductions and masks on strided data cost several times more).
         seq = np.ascontiguousarray(a["seq"])
+        if seq_base:  # the first messages were dropped: ids from the oldest kept
+            seq = seq - seq_base
         n_ids = int(seq.max()) + 1 if len(seq) else 0
         worker = a["worker"].astype(np.int16)
         gauges = {g: a[g].astype(np.int32) for g in GAUGES}
@@ -327,7 +404,7 @@ class Timeline:
                 "queue": pd.Categorical.from_codes(a["queue"], queue_names),
                 "consumer": pd.Categorical.from_codes(a["consumer"], consumer_names),
                 "worker": pd.arrays.IntegerArray(worker, worker < 0),
-                "msg_id": pd.Categorical.from_codes(seq, dtype=_id_dtype(id_format, n_ids, foreign_ids)),
+                "msg_id": pd.Categorical.from_codes(seq, dtype=_id_dtype(id_format, n_ids, foreign_ids, seq_base)),
                 "attempt": a["attempt"].astype(np.int32),
                 "error": pd.Categorical.from_codes(
                     err_codes, [e for e in errors[1:]] if len(errors) > 1 else []
@@ -362,7 +439,8 @@ class Timeline:
         return len(self.df)
 
     def __repr__(self) -> str:
-        return f"<Timeline {len(self.df)} events, {self.df['msg_id'].nunique()} messages>"
+        dropped = f" (the first {self.dropped:,} dropped)" if self.dropped else ""
+        return f"<Timeline {len(self.df)} events{dropped}, {self.df['msg_id'].nunique()} messages>"
 
     # views live in wqnb.views to keep this module about storage
     def messages(self) -> pd.DataFrame:

@@ -152,7 +152,9 @@ def gauges(tl: Timeline, consumer: str | None = None, *, instants: bool = True) 
 #: The summary's counts: shown as integers.
 COUNT_KEYS = frozenset({"published", "delivered", "acked", "nacked", "requeued", "dead_lettered",
                         "max_depth", "max_buffered", "max_busy", "max_unsettled", "publish_waits",
-                        "poison_messages"})
+                        "poison_messages", "dropped_events",
+                        # LiveView.summary (wqnb.live)
+                        "handed_back", "now_depth", "now_buffered", "now_busy", "now_unsettled"})
 
 #: A message delivered more often than this counts in ``summary()["poison_messages"]``
 #: (the consumer warns at 10, 100, 1000… deliveries: see wqnb.consumer.POISON_MARKS).
@@ -199,9 +201,12 @@ class Summary(pd.Series):
         return {str(k): int(v) if k in COUNT_KEYS else float(v) for k, v in self.items()}
 
     def to_text(self) -> str:
-        """One ``key  value`` line each, as ``print(summary)`` shows it."""
+        """One ``key  value`` line each, as ``print(summary)`` shows it (first a note when
+        the timeline's first events were dropped: ``Runtime(max_events=)``)."""
         width = max((len(str(k)) for k in self.index), default=0)
-        return "\n".join(f"{k!s:<{width}}  {_format_value(str(k), v):>12}" for k, v in self.items())
+        lines = [f"{k!s:<{width}}  {_format_value(str(k), v):>12}" for k, v in self.items()]
+        note = self.attrs.get("note")
+        return "\n".join(([f"note: {note}"] if note else []) + lines)
 
     def __repr__(self) -> str:
         if self.ndim != 1 or not self.index.map(lambda k: isinstance(k, str)).all():
@@ -216,11 +221,20 @@ def summary(tl: Timeline) -> Summary:
     (``e2e_latency_*``) from its arrival (:func:`messages`' ``t_arrival``: earlier when a blocked publisher
     waited with it). Counts are whole numbers; the names say each figure's unit (``_s``
     seconds, ``_per_s`` per second, ``utilisation`` 0 to 1).
+
+    A timeline whose first events were dropped (``Runtime(max_events=)``, ``tl.dropped``)
+    adds them back into the counts and peaks (running totals kept when they were dropped),
+    says how many in ``dropped_events`` and in a note (``s.attrs["note"]``, printed first);
+    durations, rates, latencies and waits are over the events kept.
     """
     df = tl.df
     ev = df["event"]
     counts = ev.value_counts()
     n = {e: int(counts.get(e, 0)) for e in ("publish", "publish_wait", "deliver", "ack", "nack", "requeue", "dead_letter")}
+    window_acks = n["ack"]
+    gone = tl.dropped_detail if getattr(tl, "dropped", 0) else None
+    if gone is not None:
+        n = {e: k + gone.count(e) for e, k in n.items()}
     t = df["t"]
     duration = float(t.max() - t.min()) if len(df) else 0.0
     m = tl.messages()
@@ -243,7 +257,7 @@ def summary(tl: Timeline) -> Summary:
         return float(s.quantile(q)) if len(s) else float("nan")
 
     g = df[["depth", "buffered", "busy", "unsettled"]]
-    return Summary(
+    out = Summary(
         {
             "published": n["publish"],
             "delivered": n["deliver"],
@@ -252,7 +266,7 @@ def summary(tl: Timeline) -> Summary:
             "requeued": n["requeue"],
             "dead_lettered": n["dead_letter"],
             "duration_s": duration,
-            "throughput_per_s": n["ack"] / duration if duration > 0 else float("nan"),
+            "throughput_per_s": window_acks / duration if duration > 0 else float("nan"),
             "latency_mean_s": float(latency.mean()) if len(latency) else float("nan"),
             "latency_p50_s": pct(latency, 0.5),
             "latency_p90_s": pct(latency, 0.9),
@@ -263,14 +277,17 @@ def summary(tl: Timeline) -> Summary:
             "buffer_wait_mean_s": float(m["buffer_wait"].mean()) if len(m) else float("nan"),
             "service_mean_s": float(m["service"].mean()) if len(m) else float("nan"),
             "utilisation": busy_time / (capacity * duration) if duration > 0 else float("nan"),
-            "max_depth": int(g["depth"].max()) if len(df) else 0,
-            "max_buffered": int(g["buffered"].max()) if g["buffered"].notna().any() else 0,
-            "max_busy": int(g["busy"].max()) if g["busy"].notna().any() else 0,
-            "max_unsettled": int(g["unsettled"].max()) if g["unsettled"].notna().any() else 0,
+            **{f"max_{k}": max(int(g[k].max()) if g[k].notna().any() else 0,
+                               gone.maxima.get(k, 0) if gone is not None else 0)
+               for k in ("depth", "buffered", "busy", "unsettled")},
             "publish_waits": n["publish_wait"],
             "publish_wait_total_s": publish_wait_total,
             # messages delivered more than POISON_ATTEMPTS times (a handler that keeps failing)
             "poison_messages": int(df.loc[(ev == "deliver") & (df["attempt"] > POISON_ATTEMPTS), "msg_id"].nunique()),
+            **({"dropped_events": gone.rows} if gone is not None else {}),
         },
         name="summary", dtype=float,
     )
+    if gone is not None:
+        out.attrs["note"] = gone.note()
+    return out

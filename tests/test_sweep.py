@@ -51,3 +51,18 @@ def test_seeds_repeat_each_cell_and_progress_counts_runs():
 def test_arguments_a_process_cannot_take_run_serially():
     rows = wqnb.sweep((1, 2), (1,), body=lambda i: {"i": i}, messages=20, arrival_rate=None)
     assert rows["acked"].tolist() == [20, 20]
+
+
+def test_a_forkserver_pool_preloads_wqnb_and_gives_the_serial_rows(monkeypatch):
+    # the start method on Python ≥ 3.12 (fork is unsafe in a kernel with threads)
+    monkeypatch.setattr(sim, "_start_method", lambda: "forkserver")
+    pool = sim.default_executor(4)
+    assert pool._mp_context.get_start_method() == "forkserver"
+    from multiprocessing import forkserver
+
+    assert forkserver._forkserver._preload_modules == sim.FORKSERVER_PRELOAD  # imported once, there
+    try:
+        rows = wqnb.sweep((1, 4), (1, 10), executor=pool, seed=3, **WORK)
+    finally:
+        pool.shutdown()
+    pd.testing.assert_frame_equal(rows, wqnb.sweep((1, 4), (1, 10), executor="serial", seed=3, **WORK))

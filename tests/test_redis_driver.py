@@ -131,3 +131,37 @@ def test_wire_fields_a_plain_client_reads(redis_url):
     assert fields[b"attempts"] == b"1"
     import json
     assert json.loads(fields[b"headers"])["a"] == [1, 2]
+
+
+def test_a_fast_consumer_sends_its_acks_with_its_next_read_and_loses_nothing(redis_url):
+    """One publish at a time, a no-op handler: acks ride with the read loop's next read
+    (one script: XACK + XDEL + XREADGROUP), each message handled once, the stream emptied."""
+    import redis.asyncio as aioredis
+
+    name = f"wqnb-ride-{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+
+    async def handler(body):
+        got.append(body)
+
+    async def main():
+        plain = aioredis.Redis.from_url(redis_url)
+        rt = wqnb.Runtime.from_yaml_string(app({"url": redis_url}, {"queue_name": name},
+                                               {"concurrency": 4, "prefetch": 100}))
+        rt.register_function("t:h", handler)
+        await rt.start()
+        sent = [f"m{i}" for i in range(300)]
+        for body in sent:
+            await rt.publish("t:q", body)
+        await rt.drain(timeout=30)
+        stats = dict(rt.drivers["t:d"].stats)
+        length, pending = await plain.xlen(name), (await plain.xpending(name, "wqnb"))["pending"]
+        await rt.stop()
+        await plain.delete(name, f"{name}:wqnb-released")
+        await plain.aclose()
+        return sent, stats, length, pending
+
+    sent, stats, length, pending = asyncio.run(main())
+    assert sorted(got) == sorted(sent) and len(got) == len(set(got))
+    assert stats.get("acks_with_read", 0) > 0, stats
+    assert (length, pending) == (0, 0)

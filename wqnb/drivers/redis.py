@@ -70,6 +70,12 @@ log = logging.getLogger("wqnb.drivers.redis")
 _LOST = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError, rexc.BusyLoadingError)
 _FULL_BACKOFF = (0.005, 0.1)
 _DEPTH_REFRESH = 0.5
+#: How often a read loop also asks whether another consumer released entries (taken first).
+_RELEASED_POLL = 0.05
+#: How long a read loop whose entries were all taken waits for their acks, to send them with
+#: its next read (one command for both; otherwise a lone fast consumer acks one by one).
+_ACK_LINGER = 0.002
+_ACK_CHUNK = 5000  # ids per script call (Lua's unpack has a limit)
 _RELEASED_IDLE = 10**12  # ms: "idle forever", claimed at once by the next XAUTOCLAIM
 _NAMES = itertools.count(1)
 _POOL_SIZE = 32
@@ -92,6 +98,22 @@ for i = 0, n - 1 do
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, b, b + per - 1))
 end
 return n
+"""
+
+# KEYS[1] stream; ARGV[1] group; then entry ids: an ack (one command, atomic like MULTI).
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] count; then entry ids: the read
+# loop's acks of what it handed out, and its next (non-blocking) read of new entries.
+_ACK_READ = """
+if #ARGV >= 4 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 4))
+end
+return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 """
 
 # KEYS[1] stream; ARGV[1] group; then (entry id, fields count, fields...) per message.
@@ -182,9 +204,17 @@ class _Subscription:
     claim_due: bool = True
     cursor: bytes = b"0-0"
     released_seen: int | None = None
+    linger: bool = False  # the last read returned new entries: wait a moment for their acks
+    collecting: bool = False  # lingering: an ack wakes the read loop instead of a flush
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def free(self) -> int:
         return self.qos - len(self.held)
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields as a script returns them (a flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 class RedisDriver(Driver):
@@ -202,6 +232,9 @@ class RedisDriver(Driver):
         self._queues: dict[str, _QueueState] = {}
         self._subs: dict[str, _Subscription] = {}
         self._client: Any = None
+        self._ack_conn: Any = None  # single connections: see start()
+        self._pub_conn: Any = None
+        self._pub_busy = False
         self._scripts: dict[str, Any] = {}
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -260,7 +293,12 @@ class RedisDriver(Driver):
             ) from None
         self._client = client
         self._scripts = {name: client.register_script(src) for name, src in
-                         (("publish", _PUBLISH), ("nack", _NACK), ("reclaim", _RECLAIM), ("forget", _FORGET))}
+                         (("publish", _PUBLISH), ("ack", _ACK), ("ack_read", _ACK_READ), ("nack", _NACK),
+                          ("reclaim", _RECLAIM), ("forget", _FORGET))}
+        # Acks go one flush at a time per queue, and a lone publish needs no pool round:
+        # a connection each (redis-py's pool costs about as much CPU as the command).
+        self._ack_conn = self._new_client(single_connection_client=True)
+        self._pub_conn = self._new_client(single_connection_client=True)
         self._started = True
         for state in self._queues.values():
             state.declared = False
@@ -294,11 +332,12 @@ class RedisDriver(Driver):
                 except (*_LOST, rexc.ResponseError):
                     pass
             sub.held.clear()
-        try:
-            await self._client.aclose(close_connection_pool=True)
-        except Exception:  # noqa: BLE001, S110 - already gone
-            pass
-        self._client = None
+        for c in (self._ack_conn, self._pub_conn, self._client):
+            try:
+                await c.aclose(close_connection_pool=True)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
+        self._client = self._ack_conn = self._pub_conn = None
         if undelivered:
             raise PublishError(
                 f"{self.kind} {self.id}: {undelivered} message(s) accepted by publish_nowait could "
@@ -448,8 +487,7 @@ class RedisDriver(Driver):
             args: list[Any] = [self.config.group, cap, len(batch[0])]
             for f in batch:
                 args.extend(f)
-            n = int(await self._retrying(where, lambda a=args: self._scripts["publish"](
-                keys=[state.name], args=a)))
+            n = int(await self._retrying(where, lambda a=args: self._eval_publish([state.name], a)))
             state.delta += n
             frames = frames[n:]
             if n < len(batch):
@@ -458,6 +496,27 @@ class RedisDriver(Driver):
                 backoff = min(backoff * 2, _FULL_BACKOFF[1])
             else:
                 backoff = _FULL_BACKOFF[0]
+
+    async def _eval_publish(self, keys: list[str], args: list[Any]) -> Any:
+        """The publish script on the publish connection, or on the pool while it is busy."""
+        if self._pub_busy:
+            return await self._eval("publish", keys, args)
+        self._pub_busy = True
+        try:
+            return await self._eval("publish", keys, args, self._pub_conn)
+        finally:
+            self._pub_busy = False
+
+    async def _eval(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        """``EVALSHA`` of a registered script (loaded again after a restart emptied
+        Redis's script cache), without redis-py's Script wrapper."""
+        client = client or self._client
+        script = self._scripts[name]
+        try:
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            await client.script_load(script.script)
+            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def publish_nowait(self, queue_id: str, message: Message) -> None:
         state = self._state(queue_id)
@@ -530,6 +589,18 @@ class RedisDriver(Driver):
         if left:
             await self.release(sub.queue_id, left)
 
+    async def _linger(self, sub: _Subscription) -> None:
+        """Wait up to ``_ACK_LINGER`` for an ack of what this loop handed out."""
+        sub.collecting = True
+        sub.acked.clear()
+        try:
+            async with asyncio.timeout(_ACK_LINGER):
+                await sub.acked.wait()
+        except TimeoutError:
+            pass
+        finally:
+            sub.collecting = False
+
     async def _read_loop(self, sub: _Subscription) -> None:
         state = self._state(sub.queue_id)
         group, name = self.config.group, sub.consumer
@@ -538,6 +609,7 @@ class RedisDriver(Driver):
         min_idle_ms = max(1, int(self.config.claim_min_idle * 1000))
         loop = asyncio.get_running_loop()
         last_claim = 0.0
+        last_released = -_RELEASED_POLL
         delay = self.config.reconnect_delay
         conn = sub.conn = self._new_client(single_connection_client=True)
         try:
@@ -547,12 +619,33 @@ class RedisDriver(Driver):
                     sub.room.clear()
                     await sub.room.wait()
                     continue
+                if sub.linger:
+                    sub.linger = False
+                    if sub.held and not state.acks:
+                        await self._linger(sub)
+                # Queued acks ride with the next read when it is one of new entries.
+                can_ride = not (sub.own_first or sub.claim_due or loop.time() - last_claim >= claim_every)
+                if not can_ride:
+                    self._start_ack_flush(state, sub.queue_id)
                 try:
                     if sub.client_id is None:
                         sub.client_id = int(await conn.client_id())
+                    ride = self._take_acks(state) if can_ride and not state.acking else []
+                    self._start_ack_flush(state, sub.queue_id)  # what does not ride
                     got: list[tuple[bytes, dict[bytes, bytes]]] = []
                     again = False
-                    if sub.own_first:  # own pending entries, paged from the oldest
+                    if ride:  # the acks of what we handed out, with the next read of new entries
+                        try:
+                            res = await self._eval("ack_read", [state.name], [
+                                group, name, room, *(e for chunk, _ in ride for e in chunk)], conn)
+                        except BaseException:  # not known to be done: the flusher sends them again
+                            state.acks[:0] = ride
+                            self._start_ack_flush(state, sub.queue_id)
+                            raise
+                        self._acks_done(sub, ride)
+                        self.stats["acks_with_read"] += 1
+                        got = [(e, _pairs(f)) for e, f in (res[0][1] if res else []) if f]
+                    elif sub.own_first:  # own pending entries, paged from the oldest
                         res = await conn.xreadgroup(group, name, {state.name: sub.own_cursor}, count=room)
                         entries = res[0][1] if res else []
                         buffered = {m.receipt for m in sub.buffer}
@@ -574,17 +667,23 @@ class RedisDriver(Driver):
                             sub.claim_due = True
                         again = True
                     else:
-                        pipe = conn.pipeline(transaction=False)
-                        pipe.get(state.released_key)
-                        pipe.xreadgroup(group, name, {state.name: ">"}, count=room, block=block_ms)
-                        released, res = await pipe.execute()
-                        if released != sub.released_seen:
-                            if sub.released_seen is not None:
-                                sub.claim_due, sub.cursor = True, b"0-0"
-                            sub.released_seen = released
+                        if loop.time() - last_released >= _RELEASED_POLL:
+                            last_released = loop.time()
+                            pipe = conn.pipeline(transaction=False)
+                            pipe.get(state.released_key)
+                            pipe.xreadgroup(group, name, {state.name: ">"}, count=room, block=block_ms)
+                            released, res = await pipe.execute()
+                            if released != sub.released_seen:
+                                if sub.released_seen is not None:
+                                    sub.claim_due, sub.cursor = True, b"0-0"
+                                sub.released_seen = released
+                        else:  # one command, not a pipeline: about half the client's CPU
+                            res = await conn.xreadgroup(group, name, {state.name: ">"}, count=room,
+                                                        block=block_ms)
                         got = [(e, f) for e, f in (res[0][1] if res else []) if f]
                         if not got:
                             sub.claim_due = sub.claim_due or loop.time() - last_claim >= claim_every
+                    sub.linger = bool(got) and not again
                     delay = self.config.reconnect_delay
                 except rexc.ResponseError as e:
                     if "NOGROUP" in str(e):  # the stream was deleted (or Redis lost it)
@@ -613,6 +712,7 @@ class RedisDriver(Driver):
                 state.delta -= len(got)
                 sub.buffer.wake()
         finally:
+            self._start_ack_flush(state, sub.queue_id)  # acks left for this loop: flushed anyway
             sub.client_id = None
             sub.conn = None
             try:
@@ -653,10 +753,31 @@ class RedisDriver(Driver):
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         state.acks.append((ids, done))
-        if not state.acking:
+        sub = self._subs.get(queue_id)
+        if sub is not None and sub.collecting:
+            sub.acked.set()  # the read loop sends it with its next read
+        else:
+            self._start_ack_flush(state, queue_id)
+        await done  # one future per caller: cancelling it leaves the flush to the others
+
+    def _start_ack_flush(self, state: _QueueState, queue_id: str) -> None:
+        if state.acks and not state.acking:
             state.acking = True
-            loop.create_task(self._flush_acks(state, queue_id))
-        await asyncio.shield(done)
+            asyncio.get_running_loop().create_task(self._flush_acks(state, queue_id))
+
+    def _take_acks(self, state: _QueueState) -> list[tuple[list[bytes], asyncio.Future[None]]]:
+        """Queued acks for the read loop to send (up to one script call's worth)."""
+        out, n = [], 0
+        while state.acks and n + len(state.acks[0][0]) <= _ACK_CHUNK:
+            out.append(state.acks.pop(0))
+            n += len(out[-1][0])
+        return out
+
+    def _acks_done(self, sub: _Subscription, batch: list[tuple[list[bytes], asyncio.Future[None]]]) -> None:
+        self._forget_held(sub, [e for chunk, _ in batch for e in chunk])
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def _flush_acks(self, state: _QueueState, queue_id: str) -> None:
         try:
@@ -665,10 +786,9 @@ class RedisDriver(Driver):
                 ids = [e for chunk, _ in batch for e in chunk]
 
                 async def op(ids: list[bytes] = ids) -> None:
-                    pipe = self._client.pipeline(transaction=True)
-                    pipe.xack(state.name, self.config.group, *ids)
-                    pipe.xdel(state.name, *ids)
-                    await pipe.execute()
+                    for s in range(0, len(ids), _ACK_CHUNK):
+                        await self._eval("ack", [state.name], [self.config.group, *ids[s:s + _ACK_CHUNK]],
+                                         self._ack_conn)
                 try:
                     await self._settle_op(f"ack on {queue_id}", op)
                 finally:

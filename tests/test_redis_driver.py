@@ -165,3 +165,35 @@ def test_a_fast_consumer_sends_its_acks_with_its_next_read_and_loses_nothing(red
     assert sorted(got) == sorted(sent) and len(got) == len(set(got))
     assert stats.get("acks_with_read", 0) > 0, stats
     assert (length, pending) == (0, 0)
+
+
+def test_the_redis_consumer_is_named_after_the_consumer_entry_host_and_pid(redis_url):
+    """``<consumer entry>@<socket.gethostname()>:<pid>:<n>``, as XINFO CONSUMERS shows it."""
+    import os
+    import re
+    import socket
+
+    import redis.asyncio as aioredis
+
+    name = f"wqnb-name-{uuid.uuid4().hex[:8]}"
+    handled = asyncio.Event()
+
+    async def handler(body):
+        handled.set()
+
+    async def main():
+        plain = aioredis.Redis.from_url(redis_url)
+        rt = wqnb.Runtime.from_yaml_string(app({"url": redis_url}, {"queue_name": name}, {}))
+        rt.register_function("t:h", handler)
+        await rt.start()
+        await rt.publish("t:q", "x")
+        await asyncio.wait_for(handled.wait(), 20)
+        consumers = await plain.xinfo_consumers(name, "wqnb")
+        await rt.stop()
+        await plain.delete(name, f"{name}:wqnb-released")
+        await plain.aclose()
+        return [c["name"].decode() for c in consumers]
+
+    [consumer] = asyncio.run(main())
+    host = re.escape(f"{socket.gethostname()}:{os.getpid()}")
+    assert re.fullmatch(rf"t:w@{host}:\d+", consumer), consumer

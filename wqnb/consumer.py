@@ -115,10 +115,12 @@ class Consumer:
         if self._local is not None:
             self._on_ready = self._admit
         else:
+            named = {"consumer": self.id} if getattr(route.driver, "names_consumers", False) else {}
             await route.driver.subscribe(
                 route.queue_id, prefetch=self.prefetch, concurrency=self.concurrency,
                 auto_ack=getattr(self.entry, "auto_ack", False),
                 options=getattr(self.entry, "driver_options", {}).get(_driver_key(route.driver.kind)) or {},
+                **named,
             )
         self.running = True
         self._top_up()

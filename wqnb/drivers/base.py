@@ -117,6 +117,10 @@ class Driver(ABC):
     release_in_order: ClassVar[bool] = True
     #: Messages survive a restart of the broker process (tested where a server runs).
     durable: ClassVar[bool] = False
+    #: The driver names its broker-side consumers after the consumer entry: a consumer
+    #: then passes ``consumer=<its entry id>`` to :meth:`subscribe` (Redis Streams'
+    #: consumer names). Off by default, so no other driver's signature changes.
+    names_consumers: ClassVar[bool] = False
 
     def __init__(self, id: str, options: dict[str, Any] | None = None) -> None:
         self.id = id

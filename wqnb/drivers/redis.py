@@ -5,7 +5,8 @@ which closes each of the four loss traps of Wippy's removed driver (§1 fact 6):
 
 * **layout**: one stream per queue (its ``queue_name``), one consumer group (``group``,
   default ``wqnb``) created at ``0`` with ``MKSTREAM`` (``BUSYGROUP`` ignored), consumer
-  names ``<queue entry>@<hostname>:<pid>:<n>`` (one per subscription in this process). An
+  names ``<consumer entry>@<hostname>:<pid>:<n>`` (one per queue in this process; a bare
+  ``fetch`` without a consumer uses the queue entry). An
   entry has the fields ``id``, ``body``, ``t`` (``s`` text / ``b`` bytes), ``headers`` (JSON)
   and ``attempts``. A plain ``XADD <name> * body <text>`` from any client is consumed as
   attempt 1, text if it is valid UTF-8, with the id ``<name>/<entry id>``.
@@ -225,6 +226,7 @@ class RedisDriver(Driver):
     fifo = True
     release_in_order = True
     durable = True
+    names_consumers = True
 
     def __init__(self, id: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(id, options)
@@ -532,10 +534,12 @@ class RedisDriver(Driver):
 
     # -- consuming ----------------------------------------------------------------------
     async def subscribe(self, queue_id: str, *, prefetch: int, concurrency: int, auto_ack: bool = False,
-                        options: dict[str, Any] | None = None) -> None:
+                        options: dict[str, Any] | None = None, consumer: str | None = None) -> None:
         """Start this process's read loop on ``queue_id``, holding at most ``prefetch +
-        concurrency`` entries. A second consumer entry on the same queue in this process
-        shares it (the bound adds up). ``auto_ack`` is refused (see redis_config)."""
+        concurrency`` entries, as the Redis consumer ``<consumer>@<host>:<pid>:<n>``
+        (``consumer``: the consumer entry's id; the queue's id for a bare fetch). A second
+        consumer entry on the same queue in this process shares it (the bound adds up, the
+        name stays the first one's). ``auto_ack`` is refused (see redis_config)."""
         state = self._state(queue_id)
         if auto_ack:
             raise ConfigError("auto_ack: true is not supported on queue.driver.redis",
@@ -546,7 +550,7 @@ class RedisDriver(Driver):
         qos = max(1, prefetch + concurrency)
         sub = self._subs.get(queue_id)
         if sub is None:
-            name = f"{queue_id}@{self._host}:{next(_NAMES)}"
+            name = f"{consumer or queue_id}@{self._host}:{next(_NAMES)}"
             sub = self._subs[queue_id] = _Subscription(queue_id, name, 0)
         if sub.stopped:
             sub.qos, sub.stopped, sub.own_first, sub.claim_due = qos, False, True, True

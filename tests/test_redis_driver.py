@@ -197,3 +197,52 @@ def test_the_redis_consumer_is_named_after_the_consumer_entry_host_and_pid(redis
     [consumer] = asyncio.run(main())
     host = re.escape(f"{socket.gethostname()}:{os.getpid()}")
     assert re.fullmatch(rf"t:w@{host}:\d+", consumer), consumer
+
+
+def test_publish_while_redis_is_down_retries_and_returns_once_it_is_back(private_redis):
+    """Redis killed: ``publish()`` keeps retrying (no error within ``publish_timeout``) and
+    returns once Redis is back; ``publish_nowait``'s outbox keeps what it accepted across the
+    outage and flushes it in order. Nothing is lost (AOF: what was stored before survives)."""
+    server = private_redis
+    got: list[str] = []
+
+    async def handler(body):
+        got.append(body)
+
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string(app(
+            {"url": server.url, "publish_timeout": "60s", "connection_timeout": "1s",
+             "reconnect_delay": "50ms", "reconnect_max_delay": "200ms"},
+            {"queue_name": "outage"}, {"concurrency": 1, "prefetch": 10, "lifecycle": {"auto_start": False}}))
+        rt.register_function("t:h", handler)
+        await rt.start()
+        driver = rt.drivers["t:d"]
+        before = [f"before{i}" for i in range(5)]
+        for body in before:
+            await rt.publish("t:q", body)
+        await asyncio.to_thread(server.kill)
+        during = asyncio.create_task(rt.publish("t:q", "during"))
+        queued = [f"nowait{i}" for i in range(5)]
+        for body in queued:
+            rt.publish_nowait("t:q", body)
+        deadline = time.monotonic() + 30
+        while driver.stats["retries"] < 3:  # the publish is retrying, not failing
+            assert time.monotonic() < deadline, "publish never retried"
+            await asyncio.sleep(0.02)
+        assert not during.done()
+        assert driver._outbox.pending("t:q") == 5  # kept while Redis is down
+        await asyncio.to_thread(server.restart)  # same port and data dir
+        await asyncio.wait_for(during, 30)
+        deadline = time.monotonic() + 30
+        while driver._outbox.pending("t:q"):
+            assert time.monotonic() < deadline, "the outbox never flushed"
+            await asyncio.sleep(0.02)
+        await rt.start("t:w")
+        await rt.drain(timeout=30)
+        await rt.stop()
+        return before, queued
+
+    before, queued = asyncio.run(main())
+    assert sorted(got) == sorted([*before, "during", *queued]) and len(got) == len(set(got))
+    assert [b for b in got if b.startswith("nowait")] == queued  # the outbox kept their order
+    assert got[:5] == before

@@ -9,12 +9,16 @@ redraw is a warm-up (font cache, imports) and is reported separately.
 
 ``--browser`` adds what a user waits for: Voila serves an Explorer, Playwright drives
 Debian's Chromium (``/usr/bin/chromium``), and each run times a slider move (a key press
-on the handle) until the new image is in the page (issue 13 §6; goal ≤ 0.5 s).
+on the handle) until the new image is in the page (issue 13 §6; goal ≤ 0.5 s). Two
+series: presses back to back (the next as soon as the image is in: the pictures drawn
+ahead are not ready yet, so this is about the kernel's redraw) and presses ``--pause``
+seconds after the picture (a reader looking at it; the step was drawn ahead, wqnb.ahead).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import sys
@@ -33,8 +37,23 @@ GOAL_S = 1.0
 BROWSER_GOAL_S = 0.5
 
 
-def browser_runs(messages: int, runs: int) -> list[float]:
-    """Seconds from a slider key press to the new image in the browser, per run."""
+KERNEL_TIME = re.compile(r"simulated in ([0-9.]+) s, drawn in ([0-9.]+) s|shown in ([0-9.]+) s")
+
+
+def _kernel_seconds(status: str) -> tuple[float, str]:
+    m = KERNEL_TIME.search(status)
+    if m is None:
+        return math.nan, "?"
+    if m[3] is not None:
+        return float(m[3]), "drawn ahead"
+    return float(m[1]) + float(m[2]), "drawn in the kernel"
+
+
+def browser_runs(messages: int, runs: int, pause: float) -> list[tuple[float, float, str]]:
+    """Per run: (seconds from a slider key press to the new image in the browser, seconds
+    of it the kernel spent in the callback, as its status line says, and where the picture
+    was drawn). Each series presses ArrowRight ``runs`` times as soon as the image is in,
+    then ``runs`` times ``pause`` seconds after it (a reader looking at the picture)."""
     import json
     import os
     import shutil
@@ -64,7 +83,7 @@ def browser_runs(messages: int, runs: int) -> list[float]:
     proc = subprocess.Popen([sys.executable, "-m", "voila", "bench.ipynb", "--no-browser",
                              f"--port={port}", "--Voila.ip=127.0.0.1", "--ServerApp.token="],
                             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times: list[float] = []
+    times: list[tuple[float, float, str]] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -83,7 +102,9 @@ def browser_runs(messages: int, runs: int) -> list[float]:
             img = page.locator(".wqnb-figure")
             expect(img).to_have_attribute("src", re.compile("^blob:|^data:"), timeout=120_000)
             handle = page.locator(".widget-slider", has_text="concurrency").locator(".noUi-handle")
-            for i in range(runs + 1):  # the first is a warm-up
+            for i in range(2 * runs + 1):  # the first is a warm-up
+                if i > runs:
+                    time.sleep(pause)
                 before = img.get_attribute("src")
                 handle.focus()
                 t0 = time.perf_counter()
@@ -91,8 +112,12 @@ def browser_runs(messages: int, runs: int) -> list[float]:
                 page.wait_for_function(
                     "(b) => { const i = document.querySelector('.wqnb-figure');"
                     " return i && i.src !== b && i.complete; }", arg=before, timeout=60_000)
+                seen = time.perf_counter() - t0
+                page.wait_for_function(  # the status line is written after the image
+                    "(n) => document.querySelector('.wqnb-status').textContent"
+                    ".startsWith(`run ${n}:`)", arg=i + 2, timeout=60_000)
                 if i:
-                    times.append(time.perf_counter() - t0)
+                    times.append((seen, *_kernel_seconds(page.locator(".wqnb-status").inner_text())))
             browser.close()
     finally:
         proc.terminate()
@@ -105,10 +130,14 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--browser", action="store_true", help="also time slider → image in Chromium")
+    ap.add_argument("--pause", type=float, default=2.0,
+                    help="seconds a reader looks at a picture before the next move (browser)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    ex = Explorer(messages=args.messages)  # defaults: λ = 80/s, exponential 50 ms service
+    # the redraw in the kernel (nothing drawn ahead): what any move away from the last
+    # picture's neighbours costs
+    ex = Explorer(messages=args.messages, ahead=False)  # λ = 80/s, exponential 50 ms service
     print(f"first draw (warm-up): {time.perf_counter() - t0:.3f} s  {ex.timings}")
     stops = [c for c in ex.concurrency.options if 2 <= c <= 64]
     totals, sims, draws = [], [], []
@@ -130,11 +159,19 @@ def main() -> int:
           f"{'met' if med <= GOAL_S else 'MISSED'}")
     ok = med <= GOAL_S
     if args.browser:
-        seen = browser_runs(args.messages, args.runs)
-        bmed = statistics.median(seen)
-        print(f"browser, slider key press → new image, {args.messages:,} messages: median "
-              f"{bmed:.3f} s (min {min(seen):.3f}, max {max(seen):.3f}) — goal ≤ "
-              f"{BROWSER_GOAL_S:.1f} s: {'met' if bmed <= BROWSER_GOAL_S else 'MISSED'}")
+        got = browser_runs(args.messages, args.runs, args.pause)
+        for k, (t, kernel, where) in enumerate(got):
+            print(f"  browser, {'next press at once' if k < args.runs else f'after {args.pause:g} s'}: "
+                  f"{t:.3f} s ({where}; the kernel's callback {kernel:.2f} s)")
+        at_once = [t for t, _, _ in got[: args.runs]]
+        looked = [t for t, _, _ in got[args.runs:]]
+        print(f"browser, slider key press → new image, {args.messages:,} messages: "
+              f"back-to-back presses median {statistics.median(at_once):.3f} s "
+              f"(min {min(at_once):.3f}, max {max(at_once):.3f})")
+        bmed = statistics.median(looked)
+        print(f"browser, a step {args.pause:g} s after the last picture: median {bmed:.3f} s "
+              f"(min {min(looked):.3f}, max {max(looked):.3f}) — goal ≤ {BROWSER_GOAL_S:.1f} s: "
+              f"{'met' if bmed <= BROWSER_GOAL_S else 'MISSED'}")
         ok = ok and bmed <= BROWSER_GOAL_S
     return 0 if ok else 1
 

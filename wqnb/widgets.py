@@ -26,6 +26,7 @@ import asyncio
 import html
 import io
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -37,6 +38,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import plot
+from .ahead import FIGSIZE, Ahead, Frame
 from .views import pick_consumer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,11 +98,17 @@ CSS_PX_PER_INCH = 80
 PIXEL_DENSITY = 2
 
 
+#: zlib level of the PNGs sent to the page: 1 encodes a 1920 × 1200 figure about four
+#: times faster than the default 6 (tens of ms, not a fifth of a second) for ~10 % more
+#: bytes, which a local or LAN websocket carries in a millisecond.
+PNG_COMPRESS_LEVEL = 1
+
+
 def render_png(fig: Figure, *, dpi: float = CSS_PX_PER_INCH * PIXEL_DENSITY) -> bytes:
     """The figure as PNG bytes (no pyplot, no display)."""
     buf = io.BytesIO()
     FigureCanvasAgg(fig)  # attach an Agg canvas (a bare Figure has none to save with)
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return buf.getvalue()
 
 
@@ -205,6 +213,12 @@ class Explorer:
     ``messages`` is capped at 10,000 so that a redraw stays under a second;
     ``arrival_rate=None`` (or ``burst=True``) publishes every message at t = 0. Pass
     ``simulate=`` to drive another simulation function with the same keywords.
+
+    With ``ahead`` (the default for :func:`wqnb.simulate` on a machine with two cores or
+    more) a worker process draws the pictures one concurrency or prefetch stop away while
+    you look at this one, so a step of either slider shows at once, and the last frames
+    are kept, so moving back is free (:mod:`wqnb.ahead`); ``ahead=False`` draws every
+    picture in the kernel. :meth:`close` stops the worker.
     """
 
     def __init__(
@@ -223,10 +237,13 @@ class Explorer:
         simulate: Callable[..., Timeline] | None = None,
         density: float = PIXEL_DENSITY,
         auto: bool = True,
+        ahead: bool | None = None,
     ) -> None:
-        if simulate is None:
-            from .sim import simulate
-        self._simulate = simulate
+        from .sim import simulate as default_simulate
+
+        if ahead is None:  # another simulate may not reach a worker process, or be pure
+            ahead = simulate is None and (os.cpu_count() or 1) >= 2
+        self._simulate = simulate or default_simulate
         self.density = density
         dists = DISTRIBUTIONS or _distributions()
         if distribution not in dists:
@@ -276,7 +293,10 @@ class Explorer:
 
         self.timeline: Timeline | None = None
         self.summary: pd.Series | None = None
-        self.figure: Figure | None = None
+        self._figure: Figure | None = None
+        #: frames drawn ahead in a worker, and the last few frames (``None``: off)
+        self.ahead: Ahead | None = Ahead(density) if ahead else None
+        self._moved: list[W.SelectionSlider] = [self.concurrency, self.prefetch]
         self.runs = 0
         self.timings: dict[str, float] = {}
         self.error: str | None = None
@@ -298,35 +318,81 @@ class Explorer:
             "seed": int(self.seed.value),
         }
 
-    def _on_change(self, _change: dict[str, Any]) -> None:
+    @property
+    def figure(self) -> Figure | None:
+        """The figure shown (drawn here on first use when the picture came from ahead)."""
+        if self._figure is None and self.timeline is not None:
+            self._figure = plot.overview(self.timeline, fig=Figure(figsize=FIGSIZE))
+        return self._figure
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        owner = change.get("owner") if isinstance(change, dict) else None
+        if owner in (self.concurrency, self.prefetch):  # the knob moved last: drawn ahead first
+            self._moved = [owner, *(w for w in self._moved if w is not owner)]
+            self._direction = 1 if owner.index >= owner.options.index(change["old"]) else -1
         self.update()
 
     def update(self) -> None:
         """Simulate with the current values, then redraw the figure and the table."""
         kwargs = self.params()
         t0 = time.perf_counter()
-        try:
-            tl = self._simulate(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - a bad combination: say so in the widget, keep the old plot
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.status.value = f"<b style='color:#9b2226'>{html.escape(self.error)}</b>"
-            return
-        t1 = time.perf_counter()
-        self.error = None
-        self.timeline = tl
-        self.summary = tl.summary()
-        self.figure = plot.overview(tl, fig=Figure(figsize=(12, 7.5)))
-        show_figure(self.image, self.figure, density=self.density)
+        frame = self.ahead.take(kwargs) if self.ahead is not None else None
+        if frame is None:
+            try:
+                tl = self._simulate(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - a bad combination: say so in the widget, keep the old plot
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.status.value = f"<b style='color:#9b2226'>{html.escape(self.error)}</b>"
+                return
+            t1 = time.perf_counter()
+            self.timeline = tl
+            self.summary = tl.summary()
+            self._figure = plot.overview(tl, fig=Figure(figsize=FIGSIZE))
+            show_figure(self.image, self._figure, density=self.density)
+            source = "drawn"
+        else:  # drawn ahead (or kept): the same picture render_frame draws here
+            t1 = time.perf_counter()
+            self.timeline, self.summary, self._figure = frame.timeline, frame.summary, None
+            self.image.layout.width = f"{round(FIGSIZE[0] * CSS_PX_PER_INCH)}px"
+            self.image.value = frame.png
+            source = "ready"
         t2 = time.perf_counter()
+        self.error = None
         self.table.value = _table_html(self.summary)
         self.runs += 1
         self.timings = {"simulate": t1 - t0, "draw": t2 - t1}
+        self.source = source
+        how = (f"simulated in {t1 - t0:.2f} s, drawn in {t2 - t1:.2f} s" if frame is None else
+               f"drawn ahead, shown in {t2 - t0:.2f} s")
         self.status.value = (
             f"run {self.runs}: {kwargs['messages']:,} messages, "
             f"concurrency {kwargs['concurrency']}, prefetch {kwargs['prefetch']} "
-            f"<span style='color:#6c757d'>(simulated in {t1 - t0:.2f} s, "
-            f"drawn in {t2 - t1:.2f} s)</span>"
+            f"<span style='color:#6c757d'>({how})</span>"
         )
+        if self.ahead is not None:
+            if frame is None:
+                self.ahead.put(Frame(kwargs, self.timeline, self.summary,
+                                     bytes(self.image.value), t1 - t0, t2 - t1))
+            self.ahead.plan(self._neighbours(kwargs))
+
+    def _neighbours(self, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """The frames one stop away on concurrency and prefetch: the knob moved last
+        first, in the direction it moved."""
+        out = []
+        names = {id(self.concurrency): "concurrency", id(self.prefetch): "prefetch"}
+        for k, slider in enumerate(self._moved):
+            i = slider.options.index(kwargs[names[id(slider)]])
+            step = getattr(self, "_direction", 1) if k == 0 else 1
+            for j in (i + step, i - step):
+                if 0 <= j < len(slider.options):
+                    out.append({**kwargs, names[id(slider)]: slider.options[j]})
+        return out
+
+    def close(self) -> None:
+        """Stop the worker that draws ahead (the widget keeps working, drawing here)."""
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
 
     # display -------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -74,6 +74,7 @@ class LiveView:
         self.handed_back = 0
         self.rows_read = 0
         self.last_read = 0
+        self._mark = 0  # rows_read at the last update
         self.t_first: float | None = None  # loop clock of the first and last rows seen
         self.t_last: float | None = None
         self._open: set[int] = set()  # seqs this consumer delivered and has not settled
@@ -90,10 +91,11 @@ class LiveView:
 
     # -- feeding -----------------------------------------------------------------------
     def update(self) -> int:
-        """Read the rows recorded since the last update; return how many."""
-        start = self.rows_read
+        """Read the rows recorded since the last update; return how many (those read just
+        before a bounded recorder dropped them included)."""
         self._feed(self.rec.rows(self.pos))
-        self.last_read = self.rows_read - start
+        self.last_read = self.rows_read - self._mark
+        self._mark = self.rows_read
         if self.t_last is not None:
             acks = int(self.counts[EV_ACK])
             self._acks.append((self.t_last, acks))

@@ -503,6 +503,10 @@ def gauges(
         ax.set_xlim(0, max(float(t[-1]), 1e-9))
     ax.set_title(f"{_short(consumer)}: gauges" if consumer else "gauges", loc="left",
                  fontsize="medium")
+    if getattr(tl, "dropped", 0):  # Runtime(max_events=): say the start is gone
+        ax.text(0.005, 0.97, f"first {tl.dropped:,} events dropped (max_events)", transform=ax.transAxes,
+                ha="left", va="top", fontsize="x-small", color="#6c757d", gid="dropped-note",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     if legend is True:
         ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1.0),
                   borderaxespad=0)

@@ -88,6 +88,7 @@ class Retention:
         if self.spill is not None:
             _check_spill(self.spill)
         self.rows = 0  #: rows dropped so far
+        self.trims = 0  #: how many times rows were dropped (each time a chunk or more, but at the end)
         self.until: float | None = None  # loop clock of the last row dropped
         self.counts: dict[tuple[int, int, int], int] = {}  # (event, queue, consumer) codes
         self.maxima = dict.fromkeys(GAUGE_FIELDS, -1)
@@ -123,6 +124,7 @@ class Retention:
         for g in GAUGE_FIELDS:
             self.maxima[g] = max(self.maxima[g], int(rows[g].max()))
         self.rows += len(rows)
+        self.trims += 1
         self.until = float(rows["t"][-1])
 
     def summary(self, rec: Recorder) -> Dropped:
@@ -170,14 +172,15 @@ def _check_spill(path: Path) -> None:
 class Trimmer:
     """Trim a recorder on a real-time loop, checking its length every few milliseconds.
 
-    The check is one ``len`` and a comparison; the interval adapts to the recording rate
-    so that about half a chunk arrives between two checks (between ``min_interval`` and
-    ``max_interval``), and the store stays within ``max_events + chunk`` rows as long as
-    the loop is not blocked for longer than that.
+    The check is one ``len`` and a comparison; a check finding more than half a chunk over
+    the bound trims. The interval adapts to the recording rate so that about a quarter of
+    a chunk arrives between two checks (between ``min_interval`` and ``max_interval``): the
+    store stays within ``max_events + chunk`` rows unless the rate doubles from one check to
+    the next or the loop is blocked (a handler that never awaits) for longer than that.
     """
 
     def __init__(self, rec: Recorder, loop: asyncio.AbstractEventLoop, *, min_interval: float = 0.001,
-                 max_interval: float = 0.05) -> None:
+                 max_interval: float = 0.02) -> None:
         assert rec.retention is not None
         self.rec = rec
         self.loop = loop
@@ -206,13 +209,13 @@ class Trimmer:
         now = self.loop.time()
         n = len(rec)
         grew = max(n - self._last_len, 0)
-        rec.trim(slack=ret.chunk)
+        rec.trim(slack=ret.chunk // 2)
         self._last_len = len(rec)
         elapsed, self._last_t = now - self._last_t, now
-        # aim for half a chunk a tick at the rate just seen
-        if grew:
-            want = max(elapsed, 1e-6) * (ret.chunk / 2) / grew
-            self.interval = min(self.max_interval, max(self.min_interval, want))
-        else:
-            self.interval = min(self.max_interval, self.interval * 2)
+        # trims past half a chunk over, ticks every quarter chunk at the rate just seen:
+        # the store stays under max_events + chunk with room for a rate twice as high
+        # (shorter at once, longer slowly: a quiet moment must not open a long gap)
+        want = max(elapsed, 1e-6) * (ret.chunk / 4) / grew if grew else self.max_interval
+        want = min(want, self.interval * 1.25)
+        self.interval = min(self.max_interval, max(self.min_interval, want))
         self._handle = self.loop.call_later(self.interval, self._tick)

@@ -39,6 +39,8 @@ from matplotlib.figure import Figure
 
 from . import plot
 from .ahead import FIGSIZE, Ahead, Frame
+from .live import LiveView
+from .live import pick as pick_live_consumer
 from .views import pick_consumer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -616,12 +618,14 @@ class LiveMonitor:
         self.window = window
         self.density = density
         self.body = body or (lambda i: {"n": i})
-        tl = rt.timeline
-        self.consumer = pick_consumer(tl, consumer)
-        info = tl.consumers.get(self.consumer) if self.consumer else None
+        rec = rt.recorder
+        self.consumer = pick_live_consumer(rec, consumer)
+        info = rec.consumers.get(self.consumer) if self.consumer else None
         self.queue = queue or (info.queue if info is not None else None)
         if self.queue is None:
             raise ValueError("LiveMonitor: give queue= (this runtime has no consumer to follow)")
+        #: what each refresh reads: only the rows recorded since the last one (wqnb.live)
+        self.live = LiveView(rec, self.consumer, self.queue, window=window)
         self.burst = W.BoundedIntText(value=burst, min=1, max=100_000, description="burst size",
                                       style=_STYLE, layout=W.Layout(width="220px"))
         self.publish_button = W.Button(description="Publish burst", icon="paper-plane")
@@ -663,32 +667,33 @@ class LiveMonitor:
 
     # the view-model -----------------------------------------------------------------
     def refresh(self, *, force: bool = False) -> bool:
-        """Redraw from ``rt.timeline`` if it has new events (or ``force``); say if it did."""
-        tl = self.rt.timeline
-        n = len(tl.df)
+        """Redraw if new events arrived (or ``force``); say if it did. Reads only the rows
+        recorded since the last refresh (:class:`wqnb.live.LiveView`: running counts and
+        gauges), and draws the recent ``window`` (at most ``live.plot_rows`` rows)."""
+        live = self.live
+        live.update()
+        n = live.rows_read
         if n == self._seen and not force:
             return False
         self._seen = n
         state = getattr(self.rt, "state", "?")
         if n:
-            t_end = float(tl.df["t"].iloc[-1])
+            t_end = live.t_end
             start = max(0.0, t_end - self.window) if self.window else None
             self.figure = plot.backpressure(
-                tl, self.consumer, fig=Figure(figsize=(9, 5.5), layout="constrained"),
+                live.timeline(), self.consumer, fig=Figure(figsize=(9, 5.5), layout="constrained"),
                 start=start)
             show_figure(self.image, self.figure, density=self.density)
-            self.summary = tl.summary()
-            s = self.summary
+            self.summary = s = live.summary()
             counts = ", ".join(f"{k.replace('_', ' ')} {int(s[k]):,}" for k in
                                ("published", "acked", "nacked", "dead_lettered") if k in s)
-            m = tl.messages()
-            if self.consumer is not None and len(m):
-                m = m[m["consumer"] == self.consumer]
-            self.handed_back = int((m["outcome"] == "returned").sum()) if len(m) else 0
+            self.handed_back = live.handed_back
             if self.handed_back:  # a stop put them back in the queue: they are not lost
                 counts += f", handed back to the queue {self.handed_back:,}"
             if self.cancelled:
                 counts += f" · {self.cancelled:,} unpublished (bursts stopped)"
+            if "dropped_events" in s:  # Runtime(max_events=): the timeline keeps the newest
+                counts += f" · first {int(s['dropped_events']):,} events dropped (max_events)"
             self.status.value = f"runtime {state} · t = {t_end:.1f} s · {counts}"
         else:
             self.status.value = f"runtime {state} · no events yet: publish a burst"

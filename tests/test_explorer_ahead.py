@@ -83,3 +83,25 @@ def test_ahead_is_off_for_another_simulate_and_close_stops_the_worker():
     assert ex.ahead is None
     ex.concurrency.value = 3  # still works, drawn here
     assert ex.source == "drawn" and ex.summary["max_busy"] == 3
+
+
+def test_a_stale_guess_is_abandoned_for_the_frame_now_wanted():
+    from wqnb.ahead import Ahead, frame_key
+
+    big = {"concurrency": 2, "prefetch": 10, "messages": 10_000, "arrival_rate": 80.0,
+           "service_time": wqnb.Exponential(0.05), "failure_rate": 0.0, "max_length": 1000,
+           "seed": 1}
+    small = {**big, "messages": 200, "concurrency": 4}
+    ahead = Ahead(2)
+    try:
+        ahead.plan([big])
+        assert ahead._running is not None and ahead._running[0] == frame_key(big)
+        ahead.plan([small])  # the reader moved elsewhere: a second of work dropped
+        assert ahead.abandoned == 1
+        deadline = time.monotonic() + 60
+        while not ahead.ready(small):
+            assert time.monotonic() < deadline, "the wanted frame never came"
+            time.sleep(0.02)
+        assert not ahead.ready(big) and ahead.take(small).summary["published"] == 200
+    finally:
+        ahead.close()

@@ -4,8 +4,9 @@ One picture of 10,000 messages costs about a second of CPU on a 2-core host (sim
 0.2 s, the matplotlib draw 0.5 s, the PNG at 2× density 0.1–0.2 s), twice the half
 second a slider move may take. So while the reader looks at a picture, one worker
 process draws the pictures one slider stop away (the knob last moved first, in the
-direction it moved); a move to one of them shows it at once. A move anywhere else is
-drawn in the kernel as before, and so is any frame the worker has not started yet.
+direction it moved); a move to one of them shows it at once, and a move to the one it
+is drawing waits for it (sooner than starting again). A move anywhere else is drawn in
+the kernel as before, after the worker's now useless guess is stopped.
 
 :class:`Ahead` also keeps the last few frames, drawn here or there: moving back is free.
 Frames are plain data (:class:`Frame`) made by :func:`render_frame`, the same function
@@ -76,19 +77,9 @@ def _pool() -> ProcessPoolExecutor:
     ctx = multiprocessing.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, "wqnb.plot", "wqnb.widgets"])
-    return ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_lower_priority)
-
-
-#: The worker's ``nice`` increment: its guesses never slow what the reader asked for
-#: (the kernel drawing a jump, or another program), they use idle CPU.
-NICE = 10
-
-
-def _lower_priority() -> None:
-    import os
-
-    if hasattr(os, "nice"):
-        os.nice(NICE)
+    # (not niced: on a busy host a niced worker starves, and the reader then waits for
+    # it; a guess never competes with a draw in the kernel, see Ahead.stop_guessing)
+    return ProcessPoolExecutor(max_workers=1, mp_context=ctx)
 
 
 class Ahead:
@@ -111,6 +102,7 @@ class Ahead:
         self._executor: ProcessPoolExecutor | None = None
         self._finalizer: weakref.finalize | None = None
         self.drawn_ahead = 0  # frames the worker finished (tests, the status line)
+        self.abandoned = 0  # frames stopped half drawn because the reader moved elsewhere
 
     def take(self, kwargs: Mapping[str, Any]) -> Frame | None:
         key = frame_key(kwargs)
@@ -137,10 +129,23 @@ class Ahead:
             return frame_key(kwargs) in self._done
 
     def plan(self, wanted: Iterable[dict[str, Any]]) -> None:
-        """Draw these next, in this order (the ones already kept are skipped)."""
+        """Draw these next, in this order (the ones already kept are skipped). A frame
+        the worker is drawing that is no longer wanted is abandoned: finishing a stale
+        guess would delay the wanted ones by up to a second."""
         with self._lock:
             self._todo = [dict(k) for k in wanted if frame_key(k) not in self._done]
+            if self._running is not None:
+                key = self._running[0]
+                if any(frame_key(k) == key for k in self._todo):
+                    self._todo = [k for k in self._todo if frame_key(k) != key]
+                else:
+                    self._abandon()
             self._next()
+
+    def stop_guessing(self) -> None:
+        """Drop the plan and abandon the frame being drawn: the kernel is about to draw
+        one nobody guessed, and should have the CPU to itself."""
+        self.plan([])
 
     def close(self) -> None:
         """Stop the worker (frames kept stay available)."""
@@ -149,6 +154,18 @@ class Ahead:
             self._running = None
             if self._finalizer is not None:
                 self._finalizer()
+
+    def _abandon(self) -> None:  # (with the lock held)
+        """Stop the worker mid-frame; the next frame starts a fresh one (a fork: ms)."""
+        self._running = None
+        if self._executor is not None:
+            # ProcessPoolExecutor cannot cancel a running call: end its one process
+            for proc in list(getattr(self._executor, "_processes", {}).values()):
+                proc.terminate()
+            if self._finalizer is not None:
+                self._finalizer()  # shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self.abandoned += 1
 
     # -- the chain: one frame at a time, the next submitted when one is done -------------
     def _next(self) -> None:  # (with the lock held)
@@ -170,12 +187,14 @@ class Ahead:
 
     def _finished(self, key: Hashable, fut: Future[Frame]) -> None:
         with self._lock:
-            if self._running is not None and self._running[0] == key:
+            current = self._running is not None and self._running[1] is fut
+            if current:
                 self._running = None
             if not fut.cancelled() and fut.exception() is None:
                 self._store(key, fut.result())
                 self.drawn_ahead += 1
-            self._next()
+            if current:  # (an abandoned frame's end starts nothing: plan() did)
+                self._next()
 
     def _store(self, key: Hashable, frame: Frame) -> None:  # (with the lock held)
         self._done[key] = frame

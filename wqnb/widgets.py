@@ -340,6 +340,8 @@ class Explorer:
         t0 = time.perf_counter()
         frame = self.ahead.take(kwargs) if self.ahead is not None else None
         if frame is None:
+            if self.ahead is not None:
+                self.ahead.stop_guessing()  # this core is needed here now
             try:
                 tl = self._simulate(**kwargs)
             except Exception as exc:  # noqa: BLE001 - a bad combination: say so in the widget, keep the old plot

@@ -43,27 +43,44 @@ _NEEDS_RABBITMQ = {"07-rabbitmq"}
 _SERVERS = Path(__file__).resolve().parents[1] / "tests" / "servers.py"
 
 
-def _no_rabbitmq() -> str | None:
-    """Why no broker can be had here, or ``None``."""
-    if os.environ.get("WQNB_AMQP_URL") or os.environ.get("WQNB_TEST_AMQP_URL"):
+#: ... and the ones that need a Redis (the same way: redis-server, WQNB_REDIS_URL or
+#: WQNB_TEST_REDIS_URL)
+_NEEDS_REDIS = {"08-redis"}
+
+
+def _servers_module():
+    mod = sys.modules.get("_wqnb_servers")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("_wqnb_servers", _SERVERS)
+        mod = sys.modules["_wqnb_servers"] = importlib.util.module_from_spec(spec)  # (dataclasses look it up)
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def _no_broker(server: str, env: tuple[str, str], package: str) -> str | None:
+    """Why no broker of that kind can be had here, or ``None``."""
+    if any(os.environ.get(v) for v in env):
         return None
-    if _SERVERS.exists():
-        mod = sys.modules.get("_wqnb_servers")
-        if mod is None:
-            spec = importlib.util.spec_from_file_location("_wqnb_servers", _SERVERS)
-            mod = sys.modules["_wqnb_servers"] = importlib.util.module_from_spec(spec)  # (dataclasses look it up)
-            spec.loader.exec_module(mod)
-        if mod.RabbitMQServer.available():
-            return None
-    return "needs RabbitMQ: install rabbitmq-server or set WQNB_AMQP_URL"
+    if _SERVERS.exists() and getattr(_servers_module(), server).available():
+        return None
+    return f"needs {server.removesuffix('Server')}: install {package} or set {env[0]}"
+
+
+def _no_rabbitmq() -> str | None:
+    return _no_broker("RabbitMQServer", ("WQNB_AMQP_URL", "WQNB_TEST_AMQP_URL"), "rabbitmq-server")
+
+
+def _no_redis() -> str | None:
+    return _no_broker("RedisServer", ("WQNB_REDIS_URL", "WQNB_TEST_REDIS_URL"), "redis-server")
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip the broker notebooks where no broker can run; under CI they run (and fail)."""
-    wanted = [i for i in items if Path(str(i.path)).stem in _NEEDS_RABBITMQ]
-    if not wanted or os.environ.get("CI", "").lower() in ("true", "1"):
+    if os.environ.get("CI", "").lower() in ("true", "1"):
         return
-    reason = _no_rabbitmq()
-    if reason:
-        for item in wanted:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    for names, why in ((_NEEDS_RABBITMQ, _no_rabbitmq), (_NEEDS_REDIS, _no_redis)):
+        wanted = [i for i in items if Path(str(i.path)).stem in names]
+        reason = why() if wanted else None
+        if reason:
+            for item in wanted:
+                item.add_marker(pytest.mark.skip(reason=reason))

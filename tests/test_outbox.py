@@ -106,3 +106,28 @@ def test_a_bug_in_send_stops_the_flusher_and_every_later_put_says_so() -> None:
             ob.put("a", 2)
         assert await ob.close(0.1) == 1
     virtual(main)
+
+
+def test_cancel_and_wait_stops_a_task_that_swallows_its_first_cancellation() -> None:
+    """What Python 3.11 does to a cancel that meets an expired asyncio.timeout: the task
+    sees TimeoutError, a retry loop catches it and goes on."""
+    from wqnb.drivers._tasks import cancel_and_wait
+
+    async def main() -> None:
+        swallowed = 0
+
+        async def retry_loop() -> None:
+            nonlocal swallowed
+            while True:
+                try:
+                    await asyncio.sleep(1)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed += 1  # as if it had come out as a connection error
+
+        t = asyncio.get_running_loop().create_task(retry_loop())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(cancel_and_wait([t]), 5)
+        assert t.cancelled() and swallowed == 1
+    virtual(main)

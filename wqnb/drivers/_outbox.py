@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from ..errors import PublishError, QueueFull
+from ._tasks import cancel_and_wait
 
 __all__ = ["BATCH", "Outbox"]
 
@@ -94,8 +95,7 @@ class Outbox(Generic[T]):
                 pass
         undelivered = len(self)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
         self._items.clear()
         self._pending.clear()

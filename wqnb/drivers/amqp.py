@@ -67,6 +67,7 @@ from ..message import Message
 from . import amqp_wire
 from ._inbox import Inbox
 from ._outbox import Outbox
+from ._tasks import cancel_and_wait
 from .amqp_config import AmqpConfig, AmqpConsumerOptions, AmqpQueueOptions, safe_url
 from .base import Driver, QueueSpec
 
@@ -232,9 +233,7 @@ class AmqpDriver(Driver):
         undelivered = await self._outbox.close(self.config.publish_timeout)
         self._closing = True
         self._started = False
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         for sub in self._subs.values():
             sub.raw = sub.channel = None

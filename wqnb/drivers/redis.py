@@ -60,6 +60,7 @@ from ..message import Message
 from ._config import safe_url
 from ._inbox import Inbox
 from ._outbox import Outbox
+from ._tasks import cancel_and_wait
 from .base import Driver, QueueSpec
 from .redis_config import RedisConfig
 
@@ -322,9 +323,7 @@ class RedisDriver(Driver):
         for sub in self._subs.values():
             await self._end_reader(sub)
         self._started = False
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         for sub in self._subs.values():
             if sub.stopped and not sub.held:

@@ -14,8 +14,8 @@ which closes each of the four loss traps of Wippy's removed driver (§1 fact 6):
   ``max_length`` and ``XADD``\\ s otherwise (never ``MAXLEN``: trimming drops pending
   entries). :meth:`RedisDriver.publish` retries with backoff (5 ms → 100 ms) while
   refused; while Redis is unreachable it retries up to ``publish_timeout`` and then raises
-  :class:`~wqnb.errors.PublishError`. **publish_nowait** puts the message in a bounded
-  outbox that one task publishes in order; it raises :class:`~wqnb.errors.QueueFull` when
+  :class:`~wqnb.errors.PublishError`. **publish_nowait** puts the message in the bounded
+  :class:`~._outbox.Outbox` that one task publishes in order; it raises :class:`~wqnb.errors.QueueFull` when
   the outbox is full or the cached depth is at ``max_length``.
 * **fetch** pops what a per-subscription read loop took: its own pending entries first
   (at start and after a reconnect), then ``XAUTOCLAIM`` of entries idle past
@@ -25,7 +25,10 @@ which closes each of the four loss traps of Wippy's removed driver (§1 fact 6):
   :meth:`unsubscribe` wakes it with ``CLIENT UNBLOCK`` (a timeout reply, nothing delivered).
   A cancelled :meth:`fetch` only stops waiting on the local buffer. The loop keeps
   buffered + fetched-unsettled ≤ ``prefetch + concurrency``.
-* **ack** = ``MULTI {XACK; XDEL}``; **nack** = one script: ``XACK``, and if the entry was
+* **ack** = ``XACK`` + ``XDEL`` in one script; acks queued while one is on the wire share
+  the next, and after a read that returned new entries the read loop waits up to
+  ``_ACK_LINGER`` for their acks and sends them with its next read (one script: ``XACK``,
+  ``XDEL``, ``XREADGROUP … >`` without ``BLOCK``); **nack** = one script: ``XACK``, and if the entry was
   still pending, ``XADD`` of the copy with ``attempts`` + 1 and ``XDEL`` of the original
   (atomic, never refused for capacity); **store** (a dead letter) = ``XADD`` without the
   capacity check; **release** = ``XCLAIM … IDLE <huge> JUSTID`` to self, so the next take

@@ -101,8 +101,14 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def sqs_endpoint() -> str:
-    """The shared SQS endpoint (moto's server); tests use their own queue names."""
-    return _server_url(MotoServer.env_var, "an SQS endpoint (moto's server)")
+    """The shared SQS endpoint (moto's server); tests use their own queue names. moto
+    takes any credentials: dummy ones are set (for subprocess workers too) unless some
+    are already in the environment."""
+    url = _server_url(MotoServer.env_var, "an SQS endpoint (moto's server)")
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(var, value)
+    return url
 
 
 def _private(cls: type[Server], root: Path) -> Iterator[Server]:

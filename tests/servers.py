@@ -548,7 +548,9 @@ class MotoServer(Server):
         # moto signs nothing, but botocore clients in the tests look for credentials.
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-        argv = [self.python, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+        # through the wrapper that makes a receive atomic (moto's is not: see its docstring)
+        wrapper = Path(__file__).with_name("_moto_server.py")
+        argv = [self.python, str(wrapper), "-H", HOST, "-p", str(self.port)]
         self.procs.append(_spawn(argv, env, self.log, self.root))
 
     def _answers(self) -> bool:

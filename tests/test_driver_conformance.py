@@ -3,7 +3,8 @@
 One suite, parametrised over ``memory`` (in-process, push), ``reference`` (the pull-only
 reference driver in ``tests/_reference_driver.py``: a broker's contract with nothing
 else), ``amqp`` (RabbitMQ, from ``WQNB_TEST_AMQP_URL``) and ``redis`` (Redis Streams, from
-``WQNB_TEST_REDIS_URL``, ``claim_min_idle: 1s``); a broker is skipped locally without its
+``WQNB_TEST_REDIS_URL``, ``claim_min_idle: 1s``) and ``sqs`` (moto's SQS server, from
+``WQNB_TEST_SQS_ENDPOINT``, ``wait_time: 1s``); a broker is skipped locally without its
 server and a failure under ``CI=true``. Capability flags on the driver class (``fifo``,
 ``release_in_order``, ``exact_depth``) say what a broker cannot promise; every case here
 applies to all three unless it says so. The cases follow ``notes/brokers.md`` §7.
@@ -31,7 +32,7 @@ import wqnb.registry
 from wqnb.message import Message
 from wqnb.runtime import DRIVERS
 
-BACKENDS = ["memory", "reference", "amqp", "redis"]
+BACKENDS = ["memory", "reference", "amqp", "redis", "sqs"]
 
 
 @dataclass
@@ -55,6 +56,10 @@ class Backend:
             from wqnb.drivers.redis import RedisDriver
 
             return RedisDriver
+        if self.kind == "queue.driver.sqs":
+            from wqnb.drivers.sqs import SqsDriver
+
+            return SqsDriver
         return DRIVERS[self.kind]
 
     def app(self, *queues: dict[str, Any], consumers: list[dict[str, Any]] = ()) -> str:
@@ -90,6 +95,12 @@ def backend(request, monkeypatch) -> Backend:
         pytest.importorskip("redis.asyncio")
         return Backend("redis", "queue.driver.redis", {"url": url, "claim_min_idle": "1s"},
                        lambda broker_name: {"queue_name": broker_name}, patience=30.0)
+    if name == "sqs":
+        endpoint = request.getfixturevalue("sqs_endpoint")
+        pytest.importorskip("aiobotocore")
+        return Backend("sqs", "queue.driver.sqs",
+                       {"endpoint": endpoint, "region": "us-east-1", "wait_time": "1s", "depth_refresh": "200ms"},
+                       lambda broker_name: {"queue_name": broker_name}, patience=60.0)
     url = request.getfixturevalue("amqp_url")
     pytest.importorskip("aio_pika")
     return Backend(
@@ -196,7 +207,8 @@ def test_batch_publish_at_the_driver_stores_all_in_order(backend):
 
     ids, bodies, info = asyncio.run(main())
     assert len(ids) == 25
-    assert bodies == [f"m{i}" for i in range(25)]  # one consumer: publish order
+    # one consumer: publish order (a standard SQS queue promises none: all of them, then)
+    assert (bodies if backend.cls.fifo else sorted(bodies, key=lambda b: int(b[1:]))) == [f"m{i}" for i in range(25)]
     assert info["ready"] == 0
 
 
@@ -223,7 +235,8 @@ def test_twenty_concurrent_publishers_lose_nothing(backend):
 
 
 def test_ten_thousand_messages_each_acked_once_within_the_limits(backend):
-    n, concurrency, prefetch = 10_000, 8, 50
+    # moto's server (SQS) handles ~150 messages/s here: 2,000 say the same there in CI's time
+    n, concurrency, prefetch = (2_000 if backend.name == "sqs" else 10_000), 8, 50
 
     async def handler(body):
         await asyncio.sleep(0)
@@ -296,7 +309,11 @@ def test_a_nack_goes_to_the_tail_with_attempt_plus_one(backend):
         return rt.timeline
 
     tl = asyncio.run(main())
-    assert deliveries == [("m1", 1), ("m2", 1), ("m3", 1), ("m1", 2)]
+    if backend.cls.fifo:
+        assert deliveries == [("m1", 1), ("m2", 1), ("m3", 1), ("m1", 2)]
+    else:  # no order promised: each once, and the copy after the failed try
+        assert sorted(deliveries) == [("m1", 1), ("m1", 2), ("m2", 1), ("m3", 1)]
+        assert deliveries.index(("m1", 1)) < deliveries.index(("m1", 2))
     nack = events(tl, "nack")
     assert list(nack["error"].astype(str)) == ["first try fails"]
     requeue = events(tl, "requeue")
@@ -399,7 +416,8 @@ def test_a_double_settle_is_refused_and_the_driver_keeps_working(backend):
         return rt.timeline, frames
 
     tl, frames = asyncio.run(main())
-    assert handled == ["one", "two", "three"]  # the channel stayed open after the refusals
+    # the channel stayed open after the refusals
+    assert (handled if backend.cls.fifo else sorted(handled, key=["one", "two", "three"].index)) == ["one", "two", "three"]
     assert refused == ["queue.Message already settled", "nack refused"] * 3
     assert len(events(tl, "ack")) == 3 and not len(events(tl, "nack"))
     if backend.name == "reference":
@@ -457,7 +475,7 @@ def test_stop_hands_back_interrupted_then_buffered_messages(backend):
 
 # -- 11. a cancelled fetch loses nothing -------------------------------------------------------------
 def test_a_cancelled_fetch_then_a_publish_is_taken_by_the_next_fetch(backend):
-    rounds = {"amqp": 20, "redis": 500}.get(backend.name, 200)  # redis: §5's orphan case, 500 times
+    rounds = {"amqp": 20, "redis": 500, "sqs": 50}.get(backend.name, 200)  # redis: §5's orphan case, 500 times
 
     async def main():
         rt = wqnb.Runtime.from_yaml_string(backend.app({"name": "q"}))
@@ -514,7 +532,8 @@ def test_publish_waits_while_full_and_publish_nowait_raises(backend):
         return handled
 
     handled = asyncio.run(main())
-    assert handled == ["m0", "m1", "m2", "m3"]  # nothing accepted was lost, none dropped
+    # nothing accepted was lost, none dropped
+    assert (handled if backend.cls.fifo else sorted(handled)) == ["m0", "m1", "m2", "m3"]
 
 
 def test_a_nack_and_a_stop_release_into_a_full_queue_are_kept(backend):
@@ -601,7 +620,8 @@ def test_a_message_published_elsewhere_starts_at_its_deliver_row(backend):
         return foreign.id, mine, rt.timeline
 
     foreign_id, mine, tl = asyncio.run(main())
-    assert [(b, i) for b, i, _ in got] == [("from another process", foreign_id), ("from here", mine)]
+    pairs = [(b, i) for b, i, _ in got]
+    assert (pairs if backend.cls.fifo else sorted(pairs)) == [("from another process", foreign_id), ("from here", mine)]
     first = tl.df.groupby("msg_id", observed=True)["event"].first().astype(str).to_dict()
     assert first == {foreign_id: "deliver", mine: "publish"}
     assert len(events(tl, "ack")) == 2

@@ -36,6 +36,7 @@ from .security import (
 from .yamlload import load_yaml
 
 __all__ = [
+    "ConfigEntry",
     "ConsumerEntry",
     "DriverEntry",
     "Lifecycle",
@@ -53,9 +54,11 @@ MAX_LENGTH_DEFAULT = 1000
 MAX_ATTEMPTS_DEFAULT = 3
 STOP_TIMEOUT_DEFAULT = 10.0
 
-DRIVER_KINDS = ("queue.driver.memory", "queue.driver.redis", "queue.driver.amqp")
+DRIVER_KINDS = ("queue.driver.memory", "queue.driver.redis", "queue.driver.amqp", "queue.driver.sqs")
 FUNCTION_KINDS = ("function.lua", "function.python")
-KINDS = (*DRIVER_KINDS, "queue.queue", "queue.consumer", *FUNCTION_KINDS, *POLICY_KINDS)
+#: Shared settings that a driver names in its ``config:`` field (Wippy's ``config.aws``).
+CONFIG_KINDS = ("config.aws",)
+KINDS = (*DRIVER_KINDS, "queue.queue", "queue.consumer", *FUNCTION_KINDS, *POLICY_KINDS, *CONFIG_KINDS)
 
 
 def split_id(entry_id: str) -> tuple[str, str]:
@@ -118,7 +121,20 @@ class ConsumerEntry:
     driver_options: dict[str, Any] = field(default_factory=dict)
 
 
-Entry = DriverEntry | QueueEntry | ConsumerEntry | FunctionSpec | Policy
+@dataclass(frozen=True)
+class ConfigEntry:
+    """Settings shared by drivers (``config.aws``: region and credential variables).
+
+    A driver refers to one by id in its ``config:`` field; :meth:`Registry.check`
+    resolves the reference and hands the driver the entry's fields (with ``id``)."""
+
+    id: str
+    kind: str
+    options: dict[str, Any]
+    file: str
+
+
+Entry = DriverEntry | QueueEntry | ConsumerEntry | FunctionSpec | Policy | ConfigEntry
 
 
 class _EntryReader:
@@ -205,6 +221,7 @@ _DRIVER_RESERVED = frozenset({"name", "kind", "lifecycle", "meta", "options"})
 ENTRY_VALIDATORS: dict[str, str] = {
     "queue.driver.amqp": "wqnb.drivers.amqp_config:validate_amqp_entry",
     "queue.driver.redis": "wqnb.drivers.redis_config:validate_redis_entry",
+    "queue.driver.sqs": "wqnb.drivers.sqs_config:validate_sqs_entry",
 }
 
 
@@ -264,6 +281,8 @@ def _parse_entry(r: _EntryReader, kind: str, base_dir: Path) -> Entry:
         return _parse_function(r, kind, base_dir)
     if kind in POLICY_KINDS:
         return parse_policy(raw, r.id, r.ns, r.file, kind)
+    if kind in CONFIG_KINDS:
+        return ConfigEntry(r.id, kind, {k: v for k, v in raw.items() if k not in ("name", "kind", "meta")}, r.file)
     raise r.error(f"unknown entry kind {kind!r} (wqnb knows: {', '.join(KINDS)})", "kind")
 
 
@@ -446,6 +465,7 @@ class Registry:
                         f"depends on {dep}, which is not defined", file=e.file, entry=e.id, field="lifecycle.depends_on"
                     )
         validate_security(self.entries)
+        self._resolve_configs()
         self._run_validators()
         self.start_order()
 
@@ -467,6 +487,23 @@ class Registry:
                     f"queues {other.id} and {q.id} both map to broker queue {q.broker_name!r} on driver {q.driver}",
                     file=q.file, entry=q.id, field="queue_name",
                 )
+
+    def _resolve_configs(self) -> None:
+        """A driver's ``config: <id>`` names a ``config.*`` entry (a bare name gets the
+        driver's namespace); the driver gets that entry's fields, with its ``id``."""
+        for d in self.drivers:
+            ref = d.options.get("config")
+            if not isinstance(ref, str):
+                continue
+            target_id = qualify(ref, split_id(d.id)[0])
+            target = self.entries.get(target_id)
+            if target is None:
+                raise ConfigError(f"config entry not found: {target_id}", file=d.file, entry=d.id, field="config")
+            if not isinstance(target, ConfigEntry):
+                raise ConfigError(f"{target_id} is a {_kind(target)}, not a config.aws entry", file=d.file,
+                                  entry=d.id, field="config")
+            resolved = {**target.options, "id": target.id, "file": target.file, "kind": target.kind}
+            self.entries[d.id] = replace(d, options={**d.options, "config": resolved})
 
     def _run_validators(self) -> None:
         """The per-kind validators of :data:`ENTRY_VALIDATORS` (imported on demand)."""
@@ -511,6 +548,8 @@ class Registry:
         deps: list[str] = list(getattr(getattr(e, "lifecycle", None), "depends_on", ()))
         if isinstance(e, QueueEntry):
             deps.append(e.driver)
+        elif isinstance(e, DriverEntry) and isinstance(e.options.get("config"), dict):
+            deps.append(e.options["config"]["id"])
         elif isinstance(e, ConsumerEntry):
             deps += [e.queue, e.func]
         return [d for d in deps if d in self.entries]

@@ -235,8 +235,9 @@ def test_twenty_concurrent_publishers_lose_nothing(backend):
 
 
 def test_ten_thousand_messages_each_acked_once_within_the_limits(backend):
-    # moto's server (SQS) handles ~150 messages/s here: 2,000 say the same there in CI's time
-    n, concurrency, prefetch = (2_000 if backend.name == "sqs" else 10_000), 8, 50
+    # moto's server (SQS) costs O(queue length) per call (it scans its message list):
+    # 500 say the same there in CI's time
+    n, concurrency, prefetch = (500 if backend.name == "sqs" else 10_000), 8, 50
 
     async def handler(body):
         await asyncio.sleep(0)

@@ -102,9 +102,11 @@ class _Coalescer:
     submitting coroutine waits for its own items; ``send`` returns a per-item error (or
     None) list."""
 
-    def __init__(self, send: Callable[[list[Any]], Awaitable[list[BaseException | None]]], parallel: int) -> None:
+    def __init__(self, send: Callable[[list[Any]], Awaitable[list[BaseException | None]]], parallel: int,
+                 linger: float = 0.0) -> None:
         self._send = send
         self.parallel = parallel
+        self.linger = linger  # wait this long for a batch to fill (deletes: nobody waits on them)
         self._pending: collections.deque[tuple[Any, asyncio.Future[None]]] = collections.deque()
         self._running = 0
         self._kicked = False
@@ -118,7 +120,10 @@ class _Coalescer:
             futures.append(fut)
         if not self._kicked:  # next tick: what else is submitted in this one joins the batch
             self._kicked = True
-            loop.call_soon(self._kick)
+            if self.linger and len(self._pending) < BATCH and not self._running:
+                loop.call_later(self.linger, self._kick)
+            else:
+                loop.call_soon(self._kick)
         results = await asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -178,6 +183,7 @@ class _Subscription:
     held: dict[str, float] = field(default_factory=dict)
     by_sqs_id: dict[str, Message] = field(default_factory=dict)  # held messages by SQS MessageId
     sqs_ids: dict[str, str] = field(default_factory=dict)  # receipt -> SQS MessageId
+    deleting: set[str] = field(default_factory=set)  # acked, the delete on its way
     reserved: int = 0
     room: asyncio.Event = field(default_factory=asyncio.Event)
     pollers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -209,6 +215,7 @@ class SqsDriver(Driver):
         self._outbox: Outbox[Message] = Outbox(id, self.config.outbox_size, self._send_outbox, log,
                                                target=self.config.where)
         self._depth_listeners: list[Callable[[], None]] = []
+        self._acking: set[asyncio.Task[None]] = set()  # deletes on their way
         #: Counters a test or a notebook can read.
         self.stats = collections.Counter[str]()
 
@@ -267,6 +274,8 @@ class SqsDriver(Driver):
         if not self._started:
             return
         undelivered = await self._outbox.close(self.config.publish_timeout)
+        if self._acking:
+            await asyncio.gather(*self._acking, return_exceptions=True)
         for sub in self._subs.values():
             await self._end_pollers(sub, wait=True)
         self._started = False
@@ -326,7 +335,9 @@ class SqsDriver(Driver):
             name = spec.broker_name
             state = self._queues[spec.id] = _QueueState(spec, name, is_fifo_name(name))
             state.sends = _Coalescer(lambda items, s=state: self._send_batch(s, items), 1 if state.fifo else 4)
-            state.deletes = _Coalescer(lambda items, s=state: self._delete_batch(s, items), 4)
+            # one delete on the wire at a time: the acks of the workers gather behind it into
+            # full batches (a call per ack otherwise: moto and AWS cost ~10-20 ms a call)
+            state.deletes = _Coalescer(lambda items, s=state: self._delete_batch(s, items), 1, linger=0.01)
         if self._started:
             await self._declare_on_server(state)
 
@@ -604,7 +615,9 @@ class SqsDriver(Driver):
         delay = _RETRY[0]
         while sub.generation == generation and self._started:
             n = min(sub.free(), BATCH)
-            if n <= 0:
+            # a receive for fewer than ten only when no other is out: small receives
+            # cost a request each, and the one out will make room for a full one
+            if n <= 0 or (n < BATCH and sub.reserved):
                 sub.room.clear()
                 await sub.room.wait()
                 continue
@@ -633,6 +646,7 @@ class SqsDriver(Driver):
                 continue
             finally:
                 sub.reserved -= n
+                sub.room.set()  # another poller may now take a small receive
             delay = _RETRY[0]
             got = []
             for raw in res.get("Messages", ()):
@@ -677,6 +691,7 @@ class SqsDriver(Driver):
         if sub is not None:
             for r in receipts:
                 sub.held.pop(r, None)
+                sub.deleting.discard(r)
                 sid = sub.sqs_ids.pop(r, None)
                 if sid is not None:
                     sub.by_sqs_id.pop(sid, None)
@@ -702,12 +717,22 @@ class SqsDriver(Driver):
             self._forget(queue_id, receipts)
 
     async def ack(self, queue_id: str, messages: Sequence[Message]) -> None:
-        """``DeleteMessageBatch``; acks that arrive while one is on the wire go together."""
+        """``DeleteMessageBatch``, sent in the background as AMQP's ``basic.ack`` is: the
+        worker goes on at once, and the acks that gather while a delete is on the wire go
+        in the next one (up to ten). Until its delete lands a message stays held (its room
+        taken, its heartbeat kept), so a crash meanwhile means a duplicate, never a loss;
+        :meth:`stop` and ``drain()`` wait for every delete."""
         state = self._state(queue_id)
         receipts = self._receipts(messages)
         if receipts:
             assert state.deletes is not None
-            await self._settle(f"ack on {queue_id}", queue_id, receipts, lambda: state.deletes.submit(receipts))
+            sub = self._subs.get(queue_id)
+            if sub is not None:
+                sub.deleting.update(receipts)
+            task = asyncio.get_running_loop().create_task(
+                self._settle(f"ack on {queue_id}", queue_id, receipts, lambda: state.deletes.submit(receipts)))
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
 
     async def nack(self, queue_id: str, messages: Sequence[Message]) -> None:
         """The copies (``attempt`` already raised by the consumer) are sent, then the
@@ -772,6 +797,7 @@ class SqsDriver(Driver):
         for r in receipts:
             if r in sub.held:
                 sub.held[r] = sent_at
+        stale = [r for r in stale if r in sub.held and r not in sub.deleting]  # not just settled
         if stale:
             self.stats["stale_receipts"] += len(stale)
             log.warning("%s: %d message(s) on %s were no longer ours to extend (settled, or their "

@@ -299,3 +299,28 @@ def test_a_stop_during_a_long_poll_strands_nothing(endpoint) -> None:
     elapsed = asyncio.run(main())
     assert handled == ["sent while the stopped consumer's poll was out"]
     assert elapsed < 20  # not stranded for the 30 s visibility timeout
+
+
+def test_a_new_queue_gets_the_entrys_attributes_and_an_existing_one_keeps_its_own(endpoint) -> None:
+    name = unique()
+
+    async def main() -> tuple[dict, dict]:
+        async def attributes() -> dict:
+            async with await raw_client(endpoint) as c:
+                url = (await c.get_queue_url(QueueName=name))["QueueUrl"]
+                return (await c.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
+
+        for vt in ("45s", "2m"):  # the second declare finds the queue: nothing is changed (as Wippy)
+            rt = wqnb.Runtime.from_yaml_string(app(
+                {"region": "us-east-1", "endpoint": endpoint, "message_retention_period": 3600,
+                 "default_delay_seconds": 2},
+                {"queue_name": name, "driver_options": {"sqs": {"default_visibility_timeout": vt}}}))
+            await rt.start("app:sqs")
+            await rt.stop()
+            if vt == "45s":
+                first = await attributes()
+        return first, await attributes()
+
+    first, second = asyncio.run(main())
+    assert (first["VisibilityTimeout"], first["MessageRetentionPeriod"], first["DelaySeconds"]) == ("45", "3600", "2")
+    assert second["VisibilityTimeout"] == "45"

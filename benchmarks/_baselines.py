@@ -317,3 +317,38 @@ def _main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def broker_main(doc: str, env_var: str, hint: str, run_wqnb: Callable[[str, int], Coroutine[Any, Any, float]],
+                run_plain: Callable[[str, int], Coroutine[Any, Any, float]], *, title: str, plain: str, goal: float,
+                quick_n: int = 1000, full_n: int = 5000,
+                cpu: dict[str, list[float]] | None = None) -> None:
+    """The command line the broker benchmarks share: ``--quick``, ``-n``, ``--runs``; the
+    server address from ``env_var``; wqnb and the plain client interleaved; the figures
+    printed (and messages per CPU-second of this process when ``cpu`` was filled)."""
+    import argparse
+    import asyncio
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer messages and runs")
+    ap.add_argument("-n", type=int, default=None, help="messages per run")
+    ap.add_argument("--runs", type=int, default=None)
+    args = ap.parse_args()
+    address = os.environ.get(env_var)
+    if not address:
+        sys.exit(f"set {env_var} to {hint} on loopback (scripts/test starts one)")
+    n = args.n or (quick_n if args.quick else full_n)
+    runs = args.runs or (3 if args.quick else 5)
+    res = interleaved_detail(runs, lambda: asyncio.run(run_wqnb(address, n)),
+                             lambda: asyncio.run(run_plain(address, n)))
+    print(f"{title}, {n} msgs:")
+    print(f"  wqnb {res.a:,.0f} msg/s   {plain} {res.b:,.0f} msg/s   ratio {res.ratio:.2f}x "
+          f"(goal >= {goal:g}x; per pair: {', '.join(f'{r:.2f}' for r in res.ratios)})")
+    if cpu and cpu.get("wqnb") and cpu.get("plain"):
+        pairs = [a / b for a, b in zip(cpu["wqnb"][1:], cpu["plain"][1:], strict=True)]  # warm-up left out
+        print(f"  per CPU-second of this process: wqnb {statistics.median(cpu['wqnb'][1:]):,.0f} msg   plain "
+              f"{statistics.median(cpu['plain'][1:]):,.0f} msg   ratio {statistics.median(pairs):.2f}x "
+              f"(per pair: {', '.join(f'{r:.2f}' for r in pairs)})")
+

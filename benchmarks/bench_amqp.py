@@ -11,9 +11,7 @@ its timeline as always. Goal: ≥ 0.9×.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -22,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _baselines import interleaved_detail  # noqa: E402
+from _baselines import broker_main  # noqa: E402
 
 import wqnb  # noqa: E402
 
@@ -119,25 +117,10 @@ async def _plain(url: str, n: int, concurrency: int, prefetch: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer messages and runs")
-    ap.add_argument("-n", type=int, default=None, help="messages per run")
-    ap.add_argument("--runs", type=int, default=None)
-    args = ap.parse_args()
-    url = os.environ.get("WQNB_TEST_AMQP_URL")
-    if not url:
-        sys.exit("set WQNB_TEST_AMQP_URL to a RabbitMQ on loopback (scripts/test starts one)")
-    n = args.n or (1000 if args.quick else 5000)
-    runs = args.runs or (3 if args.quick else 5)
-    res = interleaved_detail(
-        runs,
-        lambda: asyncio.run(_wqnb(url, n, 4, 100)),
-        lambda: asyncio.run(_plain(url, n, 4, 100)),
-    )
-    print(f"amqp end to end, {n} msgs, concurrency 4, prefetch 100, confirmed + acked each:")
-    print(f"  wqnb {res.a:,.0f} msg/s   plain aio-pika {res.b:,.0f} msg/s   "
-          f"ratio {res.ratio:.2f}x (goal >= 0.9x; per pair: {', '.join(f'{r:.2f}' for r in res.ratios)})")
-
+    broker_main(__doc__, "WQNB_TEST_AMQP_URL", "a RabbitMQ", lambda u, n: _wqnb(u, n, 4, 100),
+                lambda u, n: _plain(u, n, 4, 100),
+                title="amqp end to end, concurrency 4, prefetch 100, confirmed + acked each",
+                plain="plain aio-pika", goal=0.9)
 
 if __name__ == "__main__":
     main()

@@ -17,10 +17,7 @@ CPU ratio much less. (Redis's own CPU is in neither.)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import statistics
 import sys
 import time
 import uuid
@@ -29,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _baselines import interleaved_detail  # noqa: E402
+from _baselines import broker_main  # noqa: E402
 
 import wqnb  # noqa: E402
 
@@ -145,29 +142,9 @@ async def _plain(url: str, n: int, concurrency: int, prefetch: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer messages and runs")
-    ap.add_argument("-n", type=int, default=None, help="messages per run")
-    ap.add_argument("--runs", type=int, default=None)
-    args = ap.parse_args()
-    url = os.environ.get("WQNB_TEST_REDIS_URL")
-    if not url:
-        sys.exit("set WQNB_TEST_REDIS_URL to a Redis on loopback (scripts/test starts one)")
-    n = args.n or (1000 if args.quick else 5000)
-    runs = args.runs or (3 if args.quick else 5)
-    res = interleaved_detail(
-        runs,
-        lambda: asyncio.run(_wqnb(url, n, 4, 100)),
-        lambda: asyncio.run(_plain(url, n, 4, 100)),
-    )
-    print(f"redis end to end, {n} msgs, concurrency 4, prefetch 100:")
-    print(f"  wqnb {res.a:,.0f} msg/s   plain redis-py (batched XACK) {res.b:,.0f} msg/s   "
-          f"ratio {res.ratio:.2f}x (goal >= 0.8x; per pair: {', '.join(f'{r:.2f}' for r in res.ratios)})")
-    cpu = [a / b for a, b in zip(CPU["wqnb"][1:], CPU["plain"][1:], strict=True)]  # warm-up pair left out
-    print(f"  per CPU-second of this process: wqnb {statistics.median(CPU['wqnb'][1:]):,.0f} msg   plain "
-          f"{statistics.median(CPU['plain'][1:]):,.0f} msg   ratio {statistics.median(cpu):.2f}x "
-          f"(per pair: {', '.join(f'{r:.2f}' for r in cpu)})")
-
+    broker_main(__doc__, "WQNB_TEST_REDIS_URL", "a Redis", lambda u, n: _wqnb(u, n, 4, 100),
+                lambda u, n: _plain(u, n, 4, 100), title="redis end to end, concurrency 4, prefetch 100",
+                plain="plain redis-py (batched XACK)", goal=0.8, cpu=CPU)
 
 if __name__ == "__main__":
     main()

@@ -17,10 +17,8 @@ messages per CPU-second of this process (``time.process_time``), steadier on a b
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -29,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _baselines import interleaved_detail  # noqa: E402
+from _baselines import broker_main  # noqa: E402
 
 import wqnb  # noqa: E402
 
@@ -145,31 +143,12 @@ async def _plain(endpoint: str, n: int, concurrency: int, prefetch: int) -> floa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer messages and runs")
-    ap.add_argument("-n", type=int, default=None, help="messages per run")
-    ap.add_argument("--runs", type=int, default=None)
-    args = ap.parse_args()
-    endpoint = os.environ.get("WQNB_TEST_SQS_ENDPOINT")
-    if not endpoint:
-        sys.exit("set WQNB_TEST_SQS_ENDPOINT to moto's server on loopback (scripts/test starts one)")
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    n = args.n or (300 if args.quick else 1000)
-    runs = args.runs or (3 if args.quick else 5)
-    res = interleaved_detail(
-        runs,
-        lambda: asyncio.run(_wqnb(endpoint, n, 4, 20)),
-        lambda: asyncio.run(_plain(endpoint, n, 4, 20)),
-    )
-    print(f"sqs (moto) end to end, {n} msgs, concurrency 4, prefetch 20:")
-    print(f"  wqnb {res.a:,.0f} msg/s   plain aiobotocore (batched send/receive/delete) {res.b:,.0f} msg/s   "
-          f"ratio {res.ratio:.2f}x (goal >= 0.8x; per pair: {', '.join(f'{r:.2f}' for r in res.ratios)})")
-    cpu = [a / b for a, b in zip(CPU["wqnb"][1:], CPU["plain"][1:], strict=True)]  # warm-up pair left out
-    print(f"  per CPU-second of this process: wqnb {statistics.median(CPU['wqnb'][1:]):,.0f} msg   plain "
-          f"{statistics.median(CPU['plain'][1:]):,.0f} msg   ratio {statistics.median(cpu):.2f}x "
-          f"(per pair: {', '.join(f'{r:.2f}' for r in cpu)})")
-
+    broker_main(__doc__, "WQNB_TEST_SQS_ENDPOINT", "moto's server", lambda e, n: _wqnb(e, n, 4, 20),
+                lambda e, n: _plain(e, n, 4, 20), title="sqs (moto) end to end, concurrency 4, prefetch 20",
+                plain="plain aiobotocore (batched send/receive/delete)", goal=0.8, quick_n=300, full_n=1000,
+                cpu=CPU)
 
 if __name__ == "__main__":
     main()

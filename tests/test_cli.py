@@ -93,6 +93,19 @@ def test_run_publishes_n_messages_prints_a_summary_and_writes_the_timeline(app, 
     assert clihandlers.seen == ['{"id":1}'] * 100  # JSON text, encoded once on publish
 
 
+def test_run_with_max_events_keeps_the_totals_and_says_what_it_dropped(app, capsys):
+    rc = wqnb_cli("run", app / "app.yaml", "--publish", "app.queue:tasks", '{"id": 1}', "-n", 3000,
+                  "--handler", "app.queue:task_handler=clihandlers:ok", "--max-events", 2000,
+                  "-o", app / "tl.csv")
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "dropped" in out, out  # the summary says its window is not the whole run
+    summary = dict(line.split(None, 1) for line in out.splitlines()
+                   if len(line.split(None, 1)) == 2 and not line.startswith("timeline:"))
+    assert summary["published"] == "3000" and summary["acked"] == "3000"  # whole-run totals
+    assert len(pd.read_csv(app / "tl.csv")) < 3 * 2000  # the rows kept are bounded (4 a message)
+
+
 def test_run_a_lua_app_on_virtual_time_to_parquet(app, capsys):
     pytest.importorskip("lupa")
     pytest.importorskip("pyarrow")

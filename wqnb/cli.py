@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                           "with --virtual, virtual seconds, default 3600: an app that requeues forever still "
                           "ends). Ctrl-C stops gracefully at any point (summary and -o still written); a "
                           "second Ctrl-C exits at once")
+    run.add_argument("--max-events", type=_positive_int, default=None, metavar="N",
+                   help="keep about N timeline rows, dropping the oldest in chunks (counted; the summary "
+                        "says so): bounds a long run's memory (Runtime(max_events=N))")
     _outputs(run)
 
     sim = sub.add_parser("simulate", help="simulate a workload on virtual time (wqnb.simulate)")
@@ -249,7 +252,7 @@ async def _run_app(args: argparse.Namespace) -> _RunOutcome:
     from .handlers.python import import_callable
     from .runtime import Runtime
 
-    rt = Runtime.from_yaml(*args.app)
+    rt = Runtime.from_yaml(*args.app, max_events=args.max_events)
     if args.strict_security:
         rt.security.strict = True
     for item in args.handler:
@@ -402,6 +405,9 @@ def _worker_parsers(sub: Any) -> None:
     w.add_argument("--checkpoint", type=_seconds, default=None, metavar="SECONDS",
                    help="also rewrite -o every SECONDS (a worker killed with -9 leaves its timeline so far)")
     w.add_argument("-o", "--output", type=Path, help="write the timeline (.csv or .parquet)")
+    w.add_argument("--max-events", type=_positive_int, default=None, metavar="N",
+                   help="keep about N timeline rows, dropping the oldest in chunks (counted; the summary "
+                        "says so): bounds a long run's memory (Runtime(max_events=N))")
     w.set_defaults(plot=None)
     m = sub.add_parser("merge", help="join the timelines of several processes into one (by msg_id, on one t)")
     m.add_argument("inputs", nargs="+", type=Path, metavar="TIMELINE", help=".parquet or .csv files")
@@ -423,7 +429,7 @@ def _worker(args: argparse.Namespace) -> int:
         raise ValueError("--checkpoint needs -o (the file it rewrites)")
     opts = WorkerOptions(app=args.app, consumers=args.consumers, output=args.output, name=args.name,
                          handlers=args.handler, checkpoint=args.checkpoint,
-                         strict_security=args.strict_security)
+                         strict_security=args.strict_security, max_events=args.max_events)
     result = asyncio.run(run_worker(opts, started=print_ready))
     line = one_line(result.timeline)
     if args.output is not None:

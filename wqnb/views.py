@@ -239,10 +239,16 @@ def summary(tl: Timeline) -> Summary:
     duration = float(t.max() - t.min()) if len(df) else 0.0
     m = tl.messages()
     # latency from publish; a message published by another process, from its first deliver
-    first_ready = df[ev.isin(("publish", "deliver"))].groupby("msg_id", observed=True)["t"].min()
-    acked_at = df[ev == "ack"].groupby("msg_id", observed=True)["t"].max()
+    # grouped by the ids' integer codes: pandas cannot reindex one CategoricalIndex by
+    # another whose code width differs (int8 vs int16 once a trimmed timeline's subsets
+    # hold different numbers of ids), and integers are cheaper to group anyway
+    ids = df["msg_id"]
+    key = ids.cat.codes if isinstance(ids.dtype, pd.CategoricalDtype) else ids
+    t_col = df["t"]
+    first_ready = t_col[ev.isin(("publish", "deliver"))].groupby(key).min()
+    acked_at = t_col[ev == "ack"].groupby(key).max()
     latency = (acked_at - first_ready.reindex(acked_at.index)).dropna()
-    arrived = df[ev.isin(["publish", "publish_wait"])].groupby("msg_id", observed=True)["t"].min()
+    arrived = t_col[ev.isin(["publish", "publish_wait"])].groupby(key).min()
     from_arrival = (acked_at - arrived.reindex(acked_at.index)).dropna()
     capacity = sum(c.concurrency for c in tl.consumers.values()) or np.nan
     busy_time = float(m["service"].sum()) if len(m) else 0.0

@@ -34,6 +34,7 @@ class WorkerOptions:
     handlers: list[str] = field(default_factory=list)  # FUNC=MODULE:ATTR
     checkpoint: float | None = None  # seconds between timeline rewrites; None: only at the end
     strict_security: bool = False  # --strict-security: handlers without actor and scope may not publish
+    max_events: int | None = None  # --max-events: keep about this many timeline rows
 
 
 @dataclass
@@ -106,7 +107,7 @@ async def run_worker(opts: WorkerOptions, *, stop: asyncio.Event | None = None,
     from .handlers.python import import_callable
     from .runtime import Runtime
 
-    rt = Runtime.from_yaml(*opts.app)
+    rt = Runtime.from_yaml(*opts.app, max_events=opts.max_events)
     if opts.strict_security:
         rt.security.strict = True
     if opts.name:

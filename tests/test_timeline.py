@@ -214,3 +214,15 @@ def test_gauges_of_a_consumer_the_run_does_not_have_is_an_error_naming_the_ones_
     with pytest.raises(ValueError, match=r"unknown consumer 'sim:wrker' \(this timeline has: sim:worker\)"):
         tl.gauges("sim:wrker")
     assert len(tl.gauges("sim:worker")) > 0
+
+
+def test_publish_wait_total_is_the_sum_of_each_waits_time_to_its_publish():
+    tl = wqnb.simulate(concurrency=1, prefetch=1, messages=60, arrival_rate=None, service_time=0.01,
+                       max_length=5, seed=3)
+    df = tl.df
+    waits = df[df["event"] == "publish_wait"]
+    pub = df[df["event"] == "publish"]
+    published = pd.Series(pub["t"].to_numpy(), index=pub["msg_id"].astype(str))
+    expected = float((published.reindex(waits["msg_id"].astype(str)).to_numpy() - waits["t"].to_numpy()).sum())
+    assert len(waits) and expected > 0
+    assert tl.summary()["publish_wait_total_s"] == pytest.approx(expected)

@@ -254,7 +254,7 @@ def summary(tl: Timeline) -> Summary:
     busy_time = float(m["service"].sum()) if len(m) else 0.0
     waits = df[ev == "publish_wait"]
     if len(waits):
-        wait_times = first_ready.reindex(waits["msg_id"]).to_numpy() - waits["t"].to_numpy()
+        wait_times = first_ready.reindex(key[waits.index]).to_numpy() - waits["t"].to_numpy()
         publish_wait_total = float(np.nansum(wait_times))
     else:
         publish_wait_total = 0.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from typing import ClassVar
 
 pytest.importorskip("aio_pika")
 
@@ -197,11 +198,14 @@ class Scenario:
     procs: list[Proc] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
 
+    #: the app's YAML (a broker's fault tests subclass with their own driver entry)
+    template: ClassVar[str] = APP
+
     def write_app(self, *, concurrency: int = 2, prefetch: int = 10, publish_timeout: str = "60s",
                   connection_timeout: str = "5s", name: str = "app.yaml",
                   url: str | None = None) -> Path:
         path = self.dir / name
-        path.write_text(APP.format(url=url or self.url, queue_name=self.queue_name,
+        path.write_text(self.template.format(url=url or self.url, queue_name=self.queue_name,
                                    concurrency=concurrency, prefetch=prefetch,
                                    publish_timeout=publish_timeout,
                                    connection_timeout=connection_timeout))

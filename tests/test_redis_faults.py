@@ -54,13 +54,7 @@ entries:
 class RedisScenario(Scenario):
     """The AMQP scenario with a Redis app."""
 
-    def write_app(self, *, concurrency: int = 2, prefetch: int = 10, publish_timeout: str = "60s",
-                  connection_timeout: str = "5s", name: str = "app.yaml", url: str | None = None) -> Path:
-        path = self.dir / name
-        path.write_text(APP.format(url=url or self.url, queue_name=self.queue_name,
-                                   concurrency=concurrency, prefetch=prefetch,
-                                   publish_timeout=publish_timeout, connection_timeout=connection_timeout))
-        return path
+    template = APP
 
 
 @pytest.fixture

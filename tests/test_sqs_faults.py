@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("aiobotocore")
 
 from servers import free_port
-from test_amqp_faults import DEADLINE, HANDLERS, Scenario, ids, publish_all, wait_for
+from test_amqp_faults import DEADLINE, HANDLERS, Scenario, ids, publish_all, silent_port, wait_for  # noqa: F401 - silent_port is a fixture
 
 import wqnb
 from wqnb.errors import DriverUnavailable
@@ -63,13 +63,7 @@ entries:
 class SqsScenario(Scenario):
     """The AMQP scenario with an SQS app."""
 
-    def write_app(self, *, concurrency: int = 2, prefetch: int = 10, publish_timeout: str = "60s",
-                  connection_timeout: str = "10s", name: str = "app.yaml", url: str | None = None) -> Path:
-        path = self.dir / name
-        path.write_text(APP.format(url=url or self.url, queue_name=self.queue_name,
-                                   concurrency=concurrency, prefetch=prefetch,
-                                   publish_timeout=publish_timeout, connection_timeout=connection_timeout))
-        return path
+    template = APP
 
 
 @pytest.fixture
@@ -139,17 +133,6 @@ def test_a_graceful_stop_of_one_of_three_workers_loses_nothing(shared) -> None:
     assert set(counts) == set(ids(n))
     assert max(counts.values()) == 1, [b for b, c in counts.items() if c > 1]
     assert time.monotonic() - stopped_at < DEADLINE
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections and never says a word (a hung endpoint)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        yield s.getsockname()[1]
 
 
 @pytest.mark.parametrize("endpoint", ["refused", "silent"])

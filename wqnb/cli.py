@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - a bug: still one line, not a traceback
+    except Exception as e:
         if os.environ.get("WQNB_DEBUG"):
             raise
         print(f"wqnb: internal error: {type(e).__name__}: {e} (WQNB_DEBUG=1 shows the traceback)", file=sys.stderr)

@@ -36,6 +36,7 @@ from .security import (
 from .yamlload import load_yaml
 
 __all__ = [
+    "DRIVER_KINDS",
     "ConfigEntry",
     "ConsumerEntry",
     "DriverEntry",
@@ -43,7 +44,6 @@ __all__ = [
     "QueueEntry",
     "Registry",
     "split_id",
-    "DRIVER_KINDS",
 ]
 
 log = logging.getLogger("wqnb.registry")

@@ -246,7 +246,7 @@ class SqsDriver(Driver):
         try:
             client = await stack.enter_async_context(get_session().create_client("sqs", **kw))
             await asyncio.wait_for(client.list_queues(MaxResults=1), cfg.connection_timeout)
-        except (Exception, asyncio.TimeoutError) as e:  # noqa: BLE001 - any failure to answer
+        except (TimeoutError, Exception) as e:  # noqa: BLE001 - any failure to answer
             await stack.aclose()
             if isinstance(e, bexc.NoCredentialsError):
                 raise DriverUnavailable(

@@ -133,13 +133,15 @@ print(APP_YAML.split("\n  - name: tasks")[0])
 # ## One run
 #
 # `run(claim, fault)` writes the app with that `claim_min_idle` into a folder of its own,
-# starts two workers (`wqnb worker … --checkpoint 0.2`, as in 07), publishes 100 messages
-# from the kernel, and once w1 has acked 10 it does the fault to w1:
+# starts two workers (`wqnb worker … --checkpoint 0.2`, as in 07) and publishes 50
+# messages from the kernel. Once w1 has acked 10, its handlers hang (its pause file) and
+# the other 50 go out; when w1 holds `prefetch + concurrency` = 5 messages (2 in its
+# workers' hands, 3 in its buffer), the fault:
 #
-# * `"kill"`: w1's handlers hang (its pause file) until it holds `prefetch + concurrency`
-#   = 5 messages, then `SIGKILL`. Nothing tells Redis; the 5 stay pending on w1's consumer
-#   until w2 claims them.
-# * `"freeze"`: `SIGSTOP`, 1.5 s, `SIGCONT`. w1 then carries on as if nothing happened.
+# * `"kill"`: `SIGKILL`. Nothing tells Redis; the 5 stay pending on w1's consumer until
+#   w2 claims them.
+# * `"freeze"`: `SIGSTOP`, 1.5 s, `SIGCONT`, its handlers released during the freeze. w1
+#   then carries on as if nothing had happened.
 #
 # When every message is acked by one of them, w2 (and w1, if alive) stop with `SIGTERM`,
 # and the run returns the merged timeline and the fault's time on its axis.
@@ -206,19 +208,24 @@ async def run(claim, fault, n=100, freeze=1.5):
     pub = wqnb.Runtime.from_yaml(folder / "app.yaml")
     pub.recorder.process = "pub"
     await pub.start("app.queue:redis_driver")
-    ids = [await pub.publish(QUEUE, {"id": i}) for i in range(n)]
+    ids = [await pub.publish(QUEUE, {"id": i}) for i in range(n // 2)]
     await wait_until(lambda: len(acked_ids(w1_file)) >= 10, what="w1 to ack 10 messages")
+    # w1's handlers hang from now on; the second half is published only now, so that
+    # however late w1's checkpoints showed those 10 acks, there is work left to hold
+    (folder / "pause-w1").touch()
+    paused_at = time.time()
+    ids += [await pub.publish(QUEUE, {"id": i}) for i in range(n // 2, n)]
+    # nothing happens in a hung w1, so a checkpoint written 0.3 s later is its state
+    await wait_until(lambda: w1_file.stat().st_mtime > paused_at + 0.3 and holding(w1_file) == (2, 3, 5),
+                     what="w1 to hold 5 messages")
     if fault == "kill":
-        (folder / "pause-w1").touch()
-        paused_at = time.time()
-        await wait_until(lambda: w1_file.stat().st_mtime > paused_at + 0.3 and holding(w1_file) == (2, 3, 5),
-                         what="w1 to hold 5 messages")
         w1.send_signal(signal.SIGKILL)
         fault_at = time.time()
         w1.wait()
     else:
         w1.send_signal(signal.SIGSTOP)
         fault_at = time.time()
+        (folder / "pause-w1").unlink()  # when it wakes up, its handlers carry on
         await asyncio.sleep(freeze)  # the freeze itself: what this run is about
         w1.send_signal(signal.SIGCONT)
     await wait_until(lambda: acked_ids(w1_file) | acked_ids(w2_file) >= set(ids), what="every message acked")
@@ -252,7 +259,8 @@ def outcome(tl, t_fault, ids):
 # Two runs, `claim_min_idle` 1 s and 3 s. *Recovery* is the time from the kill to the
 # first of w1's messages starting on w2. It is about `claim_min_idle`: w1's refresher had
 # reset their idle time at most a third of it before the kill, and w2 looks for idle
-# entries every quarter of it.
+# entries every quarter of it; then they wait behind what w2 already has in its buffer.
+# The check allows half a second on top for that and for a loaded machine.
 
 # %%
 kills = {claim: await run(claim, "kill") for claim in (1, 3)}
@@ -267,8 +275,8 @@ for claim, o in kill_outcomes.items():
 # %%
 for claim, o in kill_outcomes.items():
     print(f"claim_min_idle {claim} s: all acked {o['all acked']}, w2 claimed w1's 5: {o['claimed by w2'] == 5}, "
-          f"recovery between claim_min_idle / 2 and claim_min_idle * 1.25 + 0.3 s: "
-          f"{claim / 2 <= o['recovery (s)'] <= claim * 1.25 + 0.3}, none twice: {o['handled twice'] == 0}")
+          f"recovery between claim_min_idle / 2 and claim_min_idle * 1.25 + 0.5 s: "
+          f"{claim / 2 <= o['recovery (s)'] <= claim * 1.25 + 0.5}, none twice: {o['handled twice'] == 0}")
 
 # %% [markdown]
 # w2's Gantt in both runs (each on its own time axis; the kill dashed): w1's five messages

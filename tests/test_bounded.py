@@ -164,6 +164,44 @@ def test_on_virtual_time_the_bound_applies_when_the_run_is_read():
     assert tl.summary()["acked"] == 2_000
 
 
+def test_a_bounded_timeline_saved_read_back_and_merged_still_counts_every_event(tmp_path):
+    """What was dropped travels with the file (``wqnb worker --max-events -o``): the
+    summary of the file read back, and of two processes' files merged, counts the whole run."""
+    n, k = 2_000, 5
+
+    async def one(name: str) -> wqnb.Timeline:
+        rt = wqnb.Runtime.from_yaml_string(APP, max_events=1_000, process=name)
+        rt.register_function("b:handler", failing_every(k))
+        await rt.start()
+        await flow(rt, n)
+        await rt.stop()
+        return rt.timeline
+
+    tls = [run_virtual(one(name)) for name in ("w1", "w2")]
+    want = expected_rows(n, k)
+    for tl in tls:
+        assert tl.dropped > 0
+        for suffix in (".parquet", ".csv"):
+            back = wqnb.Timeline.read(tl.save(tmp_path / f"{tl.process}{suffix}"))
+            assert back.dropped == tl.dropped and back.dropped_detail == tl.dropped_detail, suffix
+            s = back.summary()
+            assert (s["published"], s["acked"], s["nacked"], s["dead_lettered"]) == (
+                n, want["ack"], want["nack"], want["dead_letter"]), suffix
+            assert s["dropped_events"] == tl.dropped and s.attrs["note"] == tl.summary().attrs["note"]
+    merged = wqnb.Timeline.merge([tmp_path / "w1.parquet", tmp_path / "w2.csv"])
+    assert merged.dropped == tls[0].dropped + tls[1].dropped
+    assert merged.dropped_detail.count("ack", consumer="b:work@w1") == tls[0].dropped_detail.count("ack")
+    assert merged.dropped_detail.count("ack", consumer="b:work@w2") == tls[1].dropped_detail.count("ack")
+    s = merged.summary()
+    assert (s["published"], s["acked"], s["dead_lettered"]) == (2 * n, 2 * want["ack"], 2 * want["dead_letter"])
+    assert s["dropped_events"] == merged.dropped
+    # a merge of a merge keeps the totals (its consumers are already named per process)
+    again = wqnb.Timeline.read(merged.save(tmp_path / "merged.parquet"))
+    assert again.dropped_detail == merged.dropped_detail
+    unbounded = wqnb.Timeline.read(wqnb.simulate(messages=50).save(tmp_path / "plain.parquet"))
+    assert unbounded.dropped == 0 and unbounded.dropped_detail is None
+
+
 def test_dropped_rows_spill_to_parquet(tmp_path):
     spill = tmp_path / "spill"
 

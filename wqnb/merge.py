@@ -10,6 +10,10 @@ was on the wall clock (``origin_unix``). :func:`write` keeps them next to the ro
   also holds each column's dtype and categories, so a CSV reads back with the same types.
   A CSV without its sidecar still reads (dtypes inferred, no limits, no origin).
 
+A bounded timeline (``Runtime(max_events=)``, ``wqnb worker --max-events``) also keeps
+the totals of what it dropped (:class:`~wqnb.retention.Dropped`), so its summary read
+back, or merged with other processes', still counts every event of the run.
+
 :func:`merge` joins the timelines of several processes (workers and publishers on one
 broker) into one: ``t`` shifted so that every ``t`` counts from the earliest origin, rows
 sorted by it (stably: one process's order is kept at equal times), a ``process``
@@ -31,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from .retention import Dropped
     from .timeline import Timeline
 
 __all__ = ["FORMAT", "META_KEY", "merge", "read", "sidecar_path", "write"]
@@ -99,7 +104,27 @@ def metadata(tl: Timeline, *, id_categories: bool) -> dict[str, Any]:
         "consumers": {k: asdict(v) for k, v in tl.consumers.items()},
         "params": _json_safe(tl.params),
         "columns": cols,
+        **({"dropped": _dropped_doc(tl.dropped_detail)} if tl.dropped and tl.dropped_detail else {}),
     }
+
+
+def _dropped_doc(d: Dropped) -> dict[str, Any]:
+    """A bounded timeline's dropped totals as JSON (``counts`` as ``[event, queue, consumer, n]``)."""
+    return {"rows": d.rows, "max_events": d.max_events, "until": d.until,
+            "counts": [[e, q, c, n] for (e, q, c), n in d.counts.items()], "maxima": dict(d.maxima)}
+
+
+def _dropped_from(doc: Any, path: Path) -> Dropped | None:
+    from .retention import Dropped
+
+    if not doc:
+        return None
+    try:
+        return Dropped(int(doc["rows"]), doc.get("max_events"), doc.get("until"),
+                       {(e, q, c): int(n) for e, q, c, n in doc.get("counts") or []},
+                       {str(k): int(v) for k, v in (doc.get("maxima") or {}).items()})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the metadata's 'dropped' totals are malformed ({e})") from None
 
 
 # -- write -------------------------------------------------------------------------------
@@ -152,6 +177,7 @@ def read(path: str | Path) -> Timeline:
         raise ValueError(f"{path}: not a wqnb timeline (no column {', '.join(missing)})")
     df = _restore_dtypes(df, meta.get("columns"))
     queues, consumers = _infos(meta, path)
+    gone = _dropped_from(meta.get("dropped"), path)
     return Timeline(
         df,
         queues=queues,
@@ -159,6 +185,8 @@ def read(path: str | Path) -> Timeline:
         params=dict(meta.get("params") or {}),
         origin_unix=meta.get("origin_unix"),
         process=str(meta.get("process") or ""),
+        dropped=gone.rows if gone is not None else 0,
+        dropped_detail=gone,
     )
 
 
@@ -299,8 +327,38 @@ def merge(items: Iterable[Timeline | str | Path]) -> Timeline:
     df = _concat(frames)
     order = np.argsort(df["t"].to_numpy(), kind="stable")
     df = df.take(order).reset_index(drop=True)
+    gone = _merged_dropped(tls, names, origin)
     return Timeline(df, queues=queues, consumers=consumers, params={"processes": processes},
-                    origin_unix=origin, process="+".join(names))
+                    origin_unix=origin, process="+".join(names),
+                    dropped=gone.rows if gone is not None else 0, dropped_detail=gone)
+
+
+def _merged_dropped(tls: Sequence[Timeline], names: Sequence[str], origin: float) -> Dropped | None:
+    """The inputs' dropped totals added up: consumers renamed as in the merged rows, each
+    ``until`` on the merged axis (the latest is kept), peaks the highest of any input."""
+    from .retention import Dropped
+
+    parts = [(tl, name) for tl, name in zip(tls, names, strict=True) if tl.dropped and tl.dropped_detail]
+    if not parts:
+        return None
+    out = Dropped()
+    bounds = set()
+    for tl, name in parts:
+        d = tl.dropped_detail
+        assert d is not None
+        renamed = "process" not in tl.df.columns
+        out.rows += d.rows
+        bounds.add(d.max_events)
+        for (e, q, c), n in d.counts.items():
+            key = (e, q, f"{c}@{name}" if renamed and c is not None else c)
+            out.counts[key] = out.counts.get(key, 0) + n
+        for g, v in d.maxima.items():
+            out.maxima[g] = max(out.maxima.get(g, v), v)
+        if d.until is not None:
+            until = d.until + float(tl.origin_unix) - origin  # type: ignore[arg-type]
+            out.until = until if out.until is None else max(out.until, until)
+    out.max_events = bounds.pop() if len(bounds) == 1 else None
+    return out
 
 
 def _process_names(tls: Sequence[Timeline], labels: Sequence[str]) -> list[str]:

@@ -288,6 +288,35 @@ def test_two_consumers_in_one_process_share_the_messages_exactly(backend):
     assert sorted(int(b) for _, b in handled) == list(range(60))  # each exactly once
 
 
+def test_consumers_whose_handlers_hold_their_messages_fill_prefetch_plus_concurrency(backend):
+    """With messages ready, each consumer holds ``prefetch + concurrency`` of them: its
+    workers busy and its buffer full, however its fetches and the other's interleave (a
+    driver that counted its local buffer twice left each one short until a settle)."""
+    async def main():
+        rt = wqnb.Runtime.from_yaml_string(backend.app(
+            {"name": "q"}, consumers=[consumer("w1", "q", "h", concurrency=2, prefetch=3),
+                                      consumer("w2", "q", "h", concurrency=2, prefetch=3)]))
+        gate = asyncio.Event()
+
+        async def h(body):
+            await gate.wait()  # a handler that holds its message until told
+
+        rt.register_function("c:h", h)
+        await rt.start()
+        for i in range(30):
+            await rt.publish("c:q", str(i))
+        held = [rt.consumers["c:w1"], rt.consumers["c:w2"]]
+        await until(lambda: all((c.busy, len(c.buffer), c.unsettled) == (2, 3, 5) for c in held),
+                    backend.patience, "each consumer to hold 2 running + 3 buffered")
+        gate.set()
+        await rt.drain(timeout=backend.patience)
+        await rt.stop()
+        return rt.timeline
+
+    tl = asyncio.run(main())
+    assert sorted(events(tl, "ack")["msg_id"].astype(str)) == sorted(events(tl, "publish")["msg_id"].astype(str))
+
+
 # -- 6. nack order and attempts ---------------------------------------------------------------
 def test_a_nack_goes_to_the_tail_with_attempt_plus_one(backend):
     deliveries: list[tuple[str, int]] = []

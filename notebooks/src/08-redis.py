@@ -134,9 +134,10 @@ print(APP_YAML.split("\n  - name: tasks")[0])
 #
 # `run(claim, fault)` writes the app with that `claim_min_idle` into a folder of its own,
 # starts two workers (`wqnb worker … --checkpoint 0.2`, as in 07) and publishes 50
-# messages from the kernel. Once w1 has acked 10, its handlers hang (its pause file) and
-# the other 50 go out; when w1 holds `prefetch + concurrency` = 5 messages (2 in its
-# workers' hands, 3 in its buffer), the fault:
+# messages from the kernel. Once both have handled them, both workers' handlers hang
+# (their pause files) and the other 50 go out: each worker takes what it can hold,
+# `prefetch + concurrency` = 5 (2 in its workers' hands, 3 in its buffer). When w1 holds
+# its 5, w2's handlers are let go, and the fault strikes w1:
 #
 # * `"kill"`: `SIGKILL`. Nothing tells Redis; the 5 stay pending on w1's consumer until
 #   w2 claims them.
@@ -183,11 +184,11 @@ def holding(path):
     return int(last["busy"]), int(last["buffered"]), int(last["unsettled"])
 
 
-async def wait_until(cond, deadline=120.0, what="a condition"):
+async def wait_until(cond, deadline=120.0, what="a condition", detail=None):
     end = time.monotonic() + deadline
     while not cond():
         if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}" + (f" ({detail()})" if detail else ""))
         await asyncio.sleep(0.05)
 
 
@@ -209,15 +210,16 @@ async def run(claim, fault, n=100, freeze=1.5):
     pub.recorder.process = "pub"
     await pub.start("app.queue:redis_driver")
     ids = [await pub.publish(QUEUE, {"id": i}) for i in range(n // 2)]
-    await wait_until(lambda: len(acked_ids(w1_file)) >= 10, what="w1 to ack 10 messages")
-    # w1's handlers hang from now on; the second half is published only now, so that
-    # however late w1's checkpoints showed those 10 acks, there is work left to hold
-    (folder / "pause-w1").touch()
+    await wait_until(lambda: acked_ids(w1_file) | acked_ids(w2_file) >= set(ids), what="the first half to be acked")
+    for name in ("w1", "w2"):  # both workers' handlers hang from now on
+        (folder / f"pause-{name}").touch()
     paused_at = time.time()
     ids += [await pub.publish(QUEUE, {"id": i}) for i in range(n // 2, n)]
-    # nothing happens in a hung w1, so a checkpoint written 0.3 s later is its state
+    # w2 can hold only 5 of these 50, so w1 gets its 5 however the two are scheduled; and
+    # nothing happens in a hung worker, so a checkpoint written 0.3 s later is its state
     await wait_until(lambda: w1_file.stat().st_mtime > paused_at + 0.3 and holding(w1_file) == (2, 3, 5),
-                     what="w1 to hold 5 messages")
+                     what="w1 to hold 5 messages", detail=lambda: f"it holds {holding(w1_file)}")
+    (folder / "pause-w2").unlink()  # w2 carries on
     if fault == "kill":
         w1.send_signal(signal.SIGKILL)
         fault_at = time.time()

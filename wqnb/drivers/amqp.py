@@ -496,11 +496,27 @@ class AmqpDriver(Driver):
         if sub is not None:
             sub.qos += qos
             if sub.raw is not None and not sub.raw.is_closed and not sub.auto_ack:
-                await sub.raw.basic_qos(prefetch_count=sub.qos)
+                await self._raise_qos(sub)
             return
         sub = self._subs[queue_id] = _Subscription(queue_id, qos, auto_ack, exclusive, consumer_tag or "")
         if self._started:
             await self._open_subscription(sub)
+
+    async def _raise_qos(self, sub: _Subscription) -> None:
+        """Apply a QoS that grew (a second consumer entry on this queue) to the broker.
+
+        RabbitMQ fixes a consumer's prefetch (``basic.qos``, ``global=false``) when it
+        starts consuming: a ``basic.qos`` sent later reaches only consumers started after
+        it (measured on 3.10: 5 unacked stayed 5 after ``basic.qos(10)``). So the running
+        consumer is cancelled and started again on the same channel, where its unacked
+        deliveries stay valid (those read before ``cancel-ok`` still land in the buffer).
+        ``global=true`` would apply at once, but quorum queues refuse it."""
+        raw = sub.raw
+        await raw.basic_qos(prefetch_count=sub.qos)
+        if sub.tag and not sub.paused:
+            await raw.basic_cancel(sub.tag)
+            await asyncio.sleep(0)  # deliveries read before cancel-ok land in the buffer
+            await self._consume(sub, self._state(sub.queue_id))
 
     async def unsubscribe(self, queue_id: str) -> None:
         """The consumer stops taking: ``basic.cancel``, then what the broker pushed here

@@ -620,7 +620,9 @@ class RedisDriver(Driver):
         conn = sub.conn = self._new_client(single_connection_client=True)
         try:
             while not sub.stopped:
-                room = sub.free() - len(sub.buffer)
+                # held counts what waits in sub.buffer too: subtracting the buffer again
+                # left a consumer short of prefetch + concurrency until its next settle
+                room = sub.free()
                 if room <= 0:
                     sub.room.clear()
                     await sub.room.wait()
